@@ -1,0 +1,123 @@
+"""Every error the relay raises on purpose, in one tree.
+
+::
+
+    RelayError                      base; never raised itself
+    ├── ConfigError                 bad or missing configuration (start-up, CLI exit 2)
+    ├── HTTPError                   an error that reaches a client; carries ``status_code``
+    │   ├── BadRequest        400   malformed headers or body
+    │   ├── Unauthorized      401   signature/token does not match
+    │   ├── NotFound          404   unknown route or event
+    │   ├── MethodNotAllowed  405   wrong verb on a known route
+    │   ├── Conflict          409   request valid but not applicable to the event's state
+    │   ├── PayloadTooLarge   413   body larger than RELAY_MAX_BODY
+    │   ├── TooManyRequests   429   admin token guessed too often
+    │   └── StoreUnavailable  503   the store could not commit; nothing was acknowledged
+    ├── StoreError                  the store failed (disk full, locked, connection lost)
+    └── UnsafeValueError            a payload cannot be made a valid Convex value
+
+Errors that reach HTTP are rendered by one handler (``relay.web``) as
+``{"error": <short code>, "detail": <sentence>}``.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base class of every error raised by the relay on purpose."""
+
+
+class ConfigError(RelayError):
+    """Raised at start-up (or by the CLI) when a setting is missing or invalid."""
+
+    def __init__(self, variable: str, problem: str, example: str | None = None) -> None:
+        self.variable = variable
+        self.problem = problem
+        self.example = example
+        hint = f" (for example {variable}={example})" if example else ""
+        super().__init__(f"{variable}: {problem}{hint}")
+
+
+class HTTPError(RelayError):
+    """Raised when a request must be answered with an error status."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.code, "detail": self.detail}
+
+
+class BadRequest(HTTPError):
+    """Raised for missing or malformed ``svix-*`` headers, or a body that is not an event."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(HTTPError):
+    """Raised when no secret verifies the signature, the timestamp is stale, or a token is wrong."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(HTTPError):
+    """Raised for an unknown route or event id."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(HTTPError):
+    """Raised when a known route is called with the wrong HTTP method."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class Conflict(HTTPError):
+    """Raised when an action does not apply to an event's current state."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(HTTPError):
+    """Raised when a request body is larger than ``RELAY_MAX_BODY``."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class TooManyRequests(HTTPError):
+    """Raised when a client guessed the admin token wrong too often."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+
+class StoreUnavailable(HTTPError):
+    """Raised when an event could not be committed; the sender should retry."""
+
+    status_code = 503
+    code = "store_unavailable"
+
+
+class StoreError(RelayError):
+    """Raised by a store when the database fails (disk full, locked too long, connection lost)."""
+
+
+class UnsafeValueError(RelayError):
+    """Raised when a payload breaks a Convex value limit that escaping cannot fix."""
+
+    def __init__(self, reason: str, path: str = "") -> None:
+        self.reason = reason
+        self.path = path
+        super().__init__(f"{reason} at {path or '<root>'}")

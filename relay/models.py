@@ -1,0 +1,214 @@
+"""The event model: what the relay stores, orders and reports.
+
+Pure data and pure functions; no I/O. Times are UTC epoch milliseconds (``*_ms``)
+so that every backend stores and compares plain integers.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+#: Clerk's envelope ``timestamp`` is milliseconds, but its spec examples use seconds.
+#: Anything below this (year 2001 in ms, year 33658 in s) is taken to be seconds.
+_SECONDS_CUTOFF = 1_000_000_000_000
+
+
+class Status(StrEnum):
+    """Where an event is in its life. Only ``pending`` events are ever delivered."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    SUPERSEDED = "superseded"
+
+
+#: Statuses ``relay purge`` may delete: the event needs nothing more.
+PURGEABLE = frozenset({Status.DELIVERED, Status.SKIPPED, Status.SUPERSEDED})
+
+
+def to_ms(value: object) -> int | None:
+    """Clerk timestamp (seconds or milliseconds, int or float) as epoch ms, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if value <= 0:
+        return None
+    return int(value * 1000) if value < _SECONDS_CUTOFF else int(value)
+
+
+def object_key(envelope: Mapping[str, Any]) -> str | None:
+    """The Clerk object an event is about (``data.object`` + ``data.id``), for ordering.
+
+    Events without an identifiable object (``email.created`` has one; a malformed
+    body may not) are not ordered against anything.
+    """
+    data = envelope.get("data")
+    if not isinstance(data, Mapping):
+        return None
+    obj, oid = data.get("object"), data.get("id")
+    if not isinstance(obj, str) or not isinstance(oid, str) or not oid:
+        return None
+    return f"{obj}:{oid}"
+
+
+def is_upsert(event_type: str) -> bool:
+    """True for events that carry an object's full state (may be superseded by newer state)."""
+    return event_type.endswith((".created", ".updated"))
+
+
+def matches_any(event_type: str, globs: Sequence[str]) -> bool:
+    """Whether ``event_type`` matches one of the shell-style globs (``organization.*``)."""
+    return any(fnmatch.fnmatchcase(event_type, g) for g in globs)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A verified webhook, ready to be committed. ``body`` is Clerk's bytes, untouched."""
+
+    id: str
+    type: str
+    body: bytes
+    received_at_ms: int
+    status: Status = Status.PENDING
+    object: str | None = None
+    entity_id: str | None = None
+    object_key: str | None = None
+    occurred_at_ms: int | None = None
+    updated_at_ms: int | None = None
+    instance_id: str | None = None
+
+    @classmethod
+    def from_envelope(
+        cls,
+        event_id: str,
+        body: bytes,
+        envelope: Mapping[str, Any],
+        *,
+        received_at_ms: int,
+        status: Status = Status.PENDING,
+    ) -> NewEvent:
+        """Build from the parsed envelope; every ordering field is derived here, once."""
+        data = envelope.get("data")
+        data = data if isinstance(data, Mapping) else {}
+        obj = data.get("object")
+        oid = data.get("id")
+        instance = envelope.get("instance_id")
+        return cls(
+            id=event_id,
+            type=str(envelope["type"]),
+            body=body,
+            received_at_ms=received_at_ms,
+            status=status,
+            object=obj if isinstance(obj, str) else None,
+            entity_id=oid if isinstance(oid, str) else None,
+            object_key=object_key(envelope),
+            occurred_at_ms=to_ms(envelope.get("timestamp")),
+            updated_at_ms=to_ms(data.get("updated_at")),
+            instance_id=instance if isinstance(instance, str) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt, as the attempts log keeps it."""
+
+    at_ms: int
+    target: str
+    status_code: int | None
+    duration_ms: float
+    outcome: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at_ms,
+            "target": self.target,
+            "statusCode": self.status_code,
+            "durationMs": round(self.duration_ms, 1),
+            "outcome": self.outcome,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event with its delivery state."""
+
+    id: str
+    seq: int
+    type: str
+    body: bytes
+    status: Status
+    received_at_ms: int
+    object: str | None
+    entity_id: str | None
+    object_key: str | None
+    occurred_at_ms: int | None
+    updated_at_ms: int | None
+    instance_id: str | None
+    attempt_count: int = 0
+    retry_step: int = 0
+    next_attempt_at_ms: int | None = None
+    last_error: str | None = None
+    delivered_at_ms: int | None = None
+    force: bool = False
+    attempts: tuple[Attempt, ...] = field(default=())
+
+    def envelope(self) -> dict[str, Any]:
+        """The parsed body. Ingest checked it is a JSON object, so this cannot fail."""
+        value = json.loads(self.body)
+        assert isinstance(value, dict)  # noqa: S101 - ingest guarantees it
+        return value
+
+    def to_dict(self, *, with_attempts: bool = False) -> dict[str, Any]:
+        """The stable JSON shape of the CLI's ``--json`` and the admin API."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "status": str(self.status),
+            "object": self.object,
+            "entityId": self.entity_id,
+            "occurredAt": self.occurred_at_ms,
+            "receivedAt": self.received_at_ms,
+            "attemptCount": self.attempt_count,
+            "nextAttemptAt": self.next_attempt_at_ms,
+            "lastError": self.last_error,
+            "deliveredAt": self.delivered_at_ms,
+        }
+        if with_attempts:
+            out["attempts"] = [a.to_dict() for a in self.attempts]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a list, replay or purge applies to. Empty fields match everything."""
+
+    statuses: tuple[Status, ...] = ()
+    type_glob: str | None = None
+    entity_id: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of events, newest first; ``next_cursor`` is None on the last page."""
+
+    events: list[Event]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to write after an attempt: the new status and when to try again."""
+
+    status: Status
+    next_attempt_at_ms: int | None = None
+    error: str | None = None

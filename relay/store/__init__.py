@@ -1,0 +1,109 @@
+"""Durable storage of events, behind one small interface with one module per backend.
+
+The verbs are what ingest, the worker, the CLI and the admin API need, no more.
+Every backend passes the same contract suite (``tests/store_contract.py``).
+
+Claims are leases: a claimed event stays ``pending`` with ``lease_owner`` and
+``lease_expires_at`` set, so a worker that dies mid-delivery loses nothing; its
+claim expires and another worker takes the event.
+
+Per-object ordering is enforced by :meth:`Store.claim` itself, so it holds for any
+number of workers on any number of machines:
+
+* an event is claimable only if no *older* pending event exists for the same
+  object (``object_key``), and no event of that object is leased right now;
+* "older" is the order key ``(occurred_at, updated_at, seq)``;
+* a claimable upsert (``*.created``/``*.updated``) for which a *newer* event of the
+  same object was already delivered is marked ``superseded`` instead of claimed,
+  unless it was replayed with ``force``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from relay.models import Attempt, Event, EventFilter, NewEvent, Outcome, Page
+
+
+class Store(Protocol):
+    """What every backend provides. All times are epoch milliseconds passed in by the caller."""
+
+    url_for_display: str
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema; safe to call on every start."""
+
+    def insert(self, event: NewEvent) -> bool:
+        """Commit durably; False when the id is already stored (nothing changes)."""
+
+    def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
+        """Lease up to ``limit`` due events, honouring per-object order."""
+
+    def complete(
+        self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome
+    ) -> bool:
+        """Log the attempt and apply the outcome; False if the lease was lost meanwhile."""
+
+    def release(self, event_id: str, worker_id: str) -> None:
+        """Give a leased event back untouched (shutdown before an attempt started)."""
+
+    def get(self, event_id: str) -> Event | None:
+        """One event with every attempt, or None."""
+
+    def list(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
+        """Events matching ``flt``, newest first, ``limit`` per page."""
+
+    def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
+        """Make matching events pending and due now; returns their ids.
+
+        Without ``force`` only ``failed`` events (and any named by id except
+        ``superseded`` ones) are replayed; ``force`` also replays superseded and
+        delivered events and stops them being superseded again.
+        """
+
+    def purge(self, *, older_than_ms: int) -> int:
+        """Delete delivered/skipped/superseded events received before the cutoff."""
+
+    def counts(self) -> dict[str, int]:
+        """Number of events per status (every status present, zeros included)."""
+
+    def oldest_pending_ms(self) -> int | None:
+        """``received_at`` of the oldest pending event, or None."""
+
+    def heartbeat(self, worker_id: str, *, now_ms: int) -> None:
+        """Record that a delivery worker is alive."""
+
+    def last_heartbeat_ms(self) -> int | None:
+        """The newest heartbeat of any worker, or None."""
+
+    def notify(self) -> None:
+        """Tell waiting workers there is new work (best effort, never raises)."""
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` whenever :meth:`notify` is called anywhere; returns a stop function."""
+
+    def export(self) -> Iterable[tuple[Event, list[Attempt]]]:
+        """Every event with its attempts, oldest first (for ``relay migrate-store``)."""
+
+    def import_event(self, event: Event, attempts: list[Attempt]) -> bool:
+        """Insert an exported event as it is (status, counters, attempts); False if present."""
+
+    def ping(self) -> None:
+        """Raise :class:`~relay.errors.StoreError` unless the database answers."""
+
+    def close(self) -> None:
+        """Release connections; the store may not be used afterwards."""
+
+
+def open_store(url: str) -> Store:
+    """The backend for ``RELAY_DATABASE_URL`` (``sqlite:///path`` or ``postgresql://...``)."""
+    if url.startswith("sqlite:"):
+        from relay.store.sqlite import SQLiteStore
+
+        return SQLiteStore.from_url(url)
+    if url.startswith(("postgresql:", "postgres:")):
+        from relay.store.postgres import PostgresStore
+
+        return PostgresStore.from_url(url)
+    raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")

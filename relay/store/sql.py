@@ -1,0 +1,150 @@
+"""SQL shared by the backends: the schema's shape, row mapping, filters and cursors.
+
+Both SQLite and PostgreSQL speak the statements here (row-value comparisons,
+``LIKE ... ESCAPE``, ``RETURNING``); each backend supplies placeholders and its DDL.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from relay.models import Attempt, Event, EventFilter, Status
+
+#: Columns of ``events`` in the order :func:`row_to_event` reads them.
+EVENT_COLUMNS = (
+    "id, seq, type, body, status, received_at, object, entity_id, object_key, occurred_at, "
+    "updated_at, instance_id, attempt_count, retry_step, next_attempt_at, last_error, "
+    "delivered_at, force"
+)
+ATTEMPT_COLUMNS = "at, target, status_code, duration_ms, outcome, error"
+
+#: "Is there an older pending event, or one in flight, for the same object?" The order
+#: key is (ord_at, ord_upd, seq): Clerk's occurred-at, then the object's updated_at,
+#: then receipt order. Events without an object key are never blocked.
+BLOCKED_BY_OLDER = """
+    e.object_key IS NOT NULL AND EXISTS (
+        SELECT 1 FROM events o
+        WHERE o.object_key = e.object_key AND o.status = 'pending' AND o.seq <> e.seq
+          AND ((o.ord_at, o.ord_upd, o.seq) < (e.ord_at, e.ord_upd, e.seq)
+               OR o.lease_expires_at > {now}))
+"""
+
+#: "Was a newer event of the same object already delivered?" (stale upsert)
+NEWER_DELIVERED = """
+    SELECT d.id FROM events d
+    WHERE d.object_key = {key} AND d.status = 'delivered'
+      AND (d.ord_at, d.ord_upd, d.seq) > ({ord_at}, {ord_upd}, {seq})
+    LIMIT 1
+"""
+
+
+def row_to_event(row: Sequence[Any], attempts: tuple[Attempt, ...] = ()) -> Event:
+    """Map a row selected with :data:`EVENT_COLUMNS`."""
+    return Event(
+        id=row[0],
+        seq=row[1],
+        type=row[2],
+        body=bytes(row[3]),
+        status=Status(row[4]),
+        received_at_ms=row[5],
+        object=row[6],
+        entity_id=row[7],
+        object_key=row[8],
+        occurred_at_ms=row[9],
+        updated_at_ms=row[10],
+        instance_id=row[11],
+        attempt_count=row[12],
+        retry_step=row[13],
+        next_attempt_at_ms=row[14],
+        last_error=row[15],
+        delivered_at_ms=row[16],
+        force=bool(row[17]),
+        attempts=attempts,
+    )
+
+
+def row_to_attempt(row: Sequence[Any]) -> Attempt:
+    """Map a row selected with :data:`ATTEMPT_COLUMNS`."""
+    return Attempt(
+        at_ms=row[0],
+        target=row[1],
+        status_code=row[2],
+        duration_ms=float(row[3]),
+        outcome=row[4],
+        error=row[5],
+    )
+
+
+def glob_to_like(glob: str) -> str:
+    """Shell glob (``organization.*``) as a LIKE pattern with ``\\`` as the escape."""
+    out = []
+    for ch in glob:
+        if ch in "\\%_":
+            out.append("\\" + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def filter_clause(flt: EventFilter, ph: str) -> tuple[str, list[Any]]:
+    """WHERE conditions (joined with AND, ``TRUE`` if none) and their parameters."""
+    parts: list[str] = []
+    params: list[Any] = []
+    if flt.ids:
+        parts.append(f"id IN ({', '.join([ph] * len(flt.ids))})")
+        params.extend(flt.ids)
+    if flt.statuses:
+        parts.append(f"status IN ({', '.join([ph] * len(flt.statuses))})")
+        params.extend(str(s) for s in flt.statuses)
+    if flt.type_glob:
+        parts.append(f"type LIKE {ph} ESCAPE '\\'")
+        params.append(glob_to_like(flt.type_glob))
+    if flt.entity_id:
+        parts.append(f"entity_id = {ph}")
+        params.append(flt.entity_id)
+    if flt.since_ms is not None:
+        parts.append(f"received_at >= {ph}")
+        params.append(flt.since_ms)
+    if flt.until_ms is not None:
+        parts.append(f"received_at < {ph}")
+        params.append(flt.until_ms)
+    return (" AND ".join(parts) or "1=1"), params
+
+
+def encode_cursor(seq: int) -> str:
+    """An opaque cursor for "events older than this one"."""
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The sequence number inside a cursor; ValueError if it is not one of ours."""
+    padded = cursor + "=" * (-len(cursor) % 4)
+    text = base64.urlsafe_b64decode(padded.encode()).decode()
+    prefix, _, seq = text.partition(":")
+    if prefix != "seq" or not seq.isdigit():
+        raise ValueError("not a cursor")
+    return int(seq)
+
+
+def zero_counts(found: Mapping[str, int]) -> dict[str, int]:
+    """Counts per status with every status present."""
+    return {str(s): int(found.get(str(s), 0)) for s in Status}
+
+
+def replayable_statuses(flt: EventFilter, *, force: bool) -> list[str]:
+    """Statuses a replay may move back to pending (see :meth:`Store.replay`)."""
+    if force:
+        allowed = {Status.FAILED, Status.SKIPPED, Status.DELIVERED, Status.SUPERSEDED}
+    elif flt.ids:
+        allowed = {Status.FAILED, Status.SKIPPED, Status.DELIVERED}
+    else:
+        allowed = {Status.FAILED}
+    if flt.statuses:
+        allowed &= set(flt.statuses)
+    return sorted(map(str, allowed))

@@ -1,0 +1,391 @@
+"""The embedded default store: one SQLite file in WAL mode with ``synchronous=FULL``.
+
+FULL makes every commit reach the disk before ingest answers Clerk, which is the
+promise "nothing acknowledged is ever lost". Each thread gets its own connection
+(sqlite3 connections are not shareable across threads); writes that read first use
+``BEGIN IMMEDIATE`` so two workers never claim the same event.
+
+Wake-ups: :meth:`notify` sends a datagram to a Linux abstract-namespace socket named
+after the database file, which the worker on this machine listens on. A second
+worker on the same file cannot bind it and falls back to polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from relay.errors import StoreError
+from relay.models import (
+    PURGEABLE,
+    Attempt,
+    Event,
+    EventFilter,
+    NewEvent,
+    Outcome,
+    Page,
+    Status,
+    is_upsert,
+)
+from relay.store import sql
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    status TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    object TEXT,
+    entity_id TEXT,
+    object_key TEXT,
+    occurred_at INTEGER,
+    updated_at INTEGER,
+    instance_id TEXT,
+    ord_at INTEGER NOT NULL,
+    ord_upd INTEGER NOT NULL,
+    attempt_count INTEGER NOT NULL DEFAULT 0,
+    retry_step INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    last_error TEXT,
+    delivered_at INTEGER,
+    force INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS events_object ON events (object_key, status);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE INDEX IF NOT EXISTS events_entity ON events (entity_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    status_code INTEGER,
+    duration_ms REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_event ON attempts (event_id, id);
+CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, last_seen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+"""
+
+
+class SQLiteStore:
+    """Store on one SQLite file; safe for several threads and processes on one machine."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.url_for_display = f"sqlite:///{self.path}"
+        self._local = threading.local()
+        self._wake_name = b"\0clerk-convex-relay-" + hashlib.sha256(
+            str(self.path.resolve()).encode()
+        ).hexdigest()[:24].encode()
+        self._notify_sock: socket.socket | None = None
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
+        path = url.removeprefix("sqlite:///")
+        if not path:
+            raise ValueError("sqlite URL names no file")
+        return cls(path)
+
+    # -- connections -----------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=10000")
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"cannot open {self.path}: {exc}") from exc
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _tx(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    def _query(self, statement: str, params: Any = ()) -> list[Any]:
+        try:
+            return self._conn().execute(statement, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    # -- verbs -------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        with self._tx() as conn:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            if conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
+                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+    def insert(self, event: NewEvent) -> bool:
+        params = (
+            event.id, event.type, event.body, str(event.status), event.received_at_ms,
+            event.object, event.entity_id, event.object_key, event.occurred_at_ms,
+            event.updated_at_ms, event.instance_id,
+            event.occurred_at_ms or event.received_at_ms, event.updated_at_ms or 0,
+            event.received_at_ms if event.status == Status.PENDING else None,
+        )
+        try:
+            cur = self._conn().execute(
+                "INSERT INTO events (id, type, body, status, received_at, object, entity_id,"
+                " object_key, occurred_at, updated_at, instance_id, ord_at, ord_upd,"
+                " next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (id) DO NOTHING",
+                params,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+        return cur.rowcount == 1
+
+    def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
+        blocked = sql.BLOCKED_BY_OLDER.format(now="?")
+        newer = sql.NEWER_DELIVERED.format(key="?", ord_at="?", ord_upd="?", seq="?")
+        claimed: list[Event] = []
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {sql.EVENT_COLUMNS}, ord_at, ord_upd FROM events e"
+                " WHERE e.status = 'pending' AND e.next_attempt_at <= ?"
+                " AND (e.lease_expires_at IS NULL OR e.lease_expires_at <= ?)"
+                f" AND NOT ({blocked})"
+                " ORDER BY e.next_attempt_at, e.seq LIMIT ?",
+                (now_ms, now_ms, now_ms, limit),
+            ).fetchall()
+            for row in rows:
+                event = sql.row_to_event(row)
+                if event.object_key and is_upsert(event.type) and not event.force:
+                    hit = conn.execute(newer, (event.object_key, row[18], row[19], event.seq))
+                    if (newer_id := hit.fetchone()) is not None:
+                        conn.execute(
+                            "UPDATE events SET status = 'superseded', next_attempt_at = NULL,"
+                            " last_error = ? WHERE seq = ?",
+                            (f"superseded: newer event {newer_id[0]} already delivered",
+                             event.seq),
+                        )
+                        continue
+                conn.execute(
+                    "UPDATE events SET lease_owner = ?, lease_expires_at = ? WHERE seq = ?",
+                    (worker_id, now_ms + lease_ms, event.seq),
+                )
+                claimed.append(event)
+        return claimed
+
+    def complete(self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome) -> bool:
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                (event_id, attempt.at_ms, attempt.target, attempt.status_code,
+                 attempt.duration_ms, attempt.outcome, attempt.error),
+            )
+            cur = conn.execute(
+                "UPDATE events SET status = ?, attempt_count = attempt_count + 1,"
+                " retry_step = retry_step + 1, next_attempt_at = ?, last_error = ?,"
+                " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
+                " lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = ? AND lease_owner = ?",
+                (str(outcome.status), outcome.next_attempt_at_ms, outcome.error,
+                 str(outcome.status), attempt.at_ms, event_id, worker_id),
+            )
+            return cur.rowcount == 1
+
+    def release(self, event_id: str, worker_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = ? AND lease_owner = ?",
+                (event_id, worker_id),
+            )
+
+    def get(self, event_id: str) -> Event | None:
+        rows = self._query(f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,))
+        if not rows:
+            return None
+        attempts = self._query(
+            f"SELECT {sql.ATTEMPT_COLUMNS} FROM attempts WHERE event_id = ? ORDER BY id",
+            (event_id,),
+        )
+        return sql.row_to_event(rows[0], tuple(map(sql.row_to_attempt, attempts)))
+
+    def list(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
+        where, params = sql.filter_clause(flt, "?")
+        if cursor is not None:
+            where += " AND seq < ?"
+            params.append(sql.decode_cursor(cursor))
+        rows = self._query(
+            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT ?",
+            [*params, limit + 1],
+        )
+        events = [sql.row_to_event(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(events, sql.encode_cursor(events[-1].seq) if more and events else None)
+
+    def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
+        where, params = sql.filter_clause(flt, "?")
+        allowed = sql.replayable_statuses(flt, force=force)
+        marks = ", ".join("?" * len(allowed))
+        with self._tx() as conn:
+            rows = conn.execute(
+                "UPDATE events SET status = 'pending', next_attempt_at = ?, retry_step = 0,"
+                " force = ?, lease_owner = NULL, lease_expires_at = NULL"
+                f" WHERE {where} AND status IN ({marks})"
+                " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+                " RETURNING id",
+                [now_ms, int(force), *params, *allowed, now_ms],
+            ).fetchall()
+        if rows:
+            self.notify()
+        return [r[0] for r in rows]
+
+    def purge(self, *, older_than_ms: int) -> int:
+        marks = ", ".join("?" * len(PURGEABLE))
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM attempts WHERE event_id IN (SELECT id FROM events"
+                f" WHERE received_at < ? AND status IN ({marks}))",
+                [older_than_ms, *map(str, PURGEABLE)],
+            )
+            cur = conn.execute(
+                f"DELETE FROM events WHERE received_at < ? AND status IN ({marks})",
+                [older_than_ms, *map(str, PURGEABLE)],
+            )
+            return cur.rowcount
+
+    def counts(self) -> dict[str, int]:
+        rows = self._query("SELECT status, count(*) FROM events GROUP BY status")
+        return sql.zero_counts(dict(rows))
+
+    def oldest_pending_ms(self) -> int | None:
+        rows = self._query("SELECT min(received_at) FROM events WHERE status = 'pending'")
+        return rows[0][0] if rows else None
+
+    def heartbeat(self, worker_id: str, *, now_ms: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO workers (id, last_seen) VALUES (?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+                (worker_id, now_ms),
+            )
+
+    def last_heartbeat_ms(self) -> int | None:
+        rows = self._query("SELECT max(last_seen) FROM workers")
+        return rows[0][0] if rows else None
+
+    def notify(self) -> None:
+        try:
+            if self._notify_sock is None:
+                self._notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._notify_sock.setblocking(False)
+            self._notify_sock.sendto(b"!", self._wake_name)
+        except OSError:
+            pass  # nobody listening, or the queue is full: the worker polls anyway
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(self._wake_name)
+        except OSError:
+            sock.close()
+            return lambda: None  # another worker on this file listens; we poll
+        sock.settimeout(0.5)
+        stopped = threading.Event()
+
+        def loop() -> None:
+            while not stopped.is_set():
+                try:
+                    sock.recv(64)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                wake()
+
+        thread = threading.Thread(target=loop, name="relay-wake", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            stopped.set()
+            thread.join(timeout=2)
+            sock.close()
+
+        return stop
+
+    def export(self) -> Iterator[tuple[Event, list[Attempt]]]:
+        rows = self._query(f"SELECT {sql.EVENT_COLUMNS} FROM events ORDER BY seq")
+        for row in rows:
+            attempts = self._query(
+                f"SELECT {sql.ATTEMPT_COLUMNS} FROM attempts WHERE event_id = ? ORDER BY id",
+                (row[0],),
+            )
+            yield sql.row_to_event(row), [sql.row_to_attempt(a) for a in attempts]
+
+    def import_event(self, event: Event, attempts: list[Attempt]) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO events (id, type, body, status, received_at, object, entity_id,"
+                " object_key, occurred_at, updated_at, instance_id, ord_at, ord_upd,"
+                " attempt_count, retry_step, next_attempt_at, last_error, delivered_at, force)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
+                (event.id, event.type, event.body, str(event.status), event.received_at_ms,
+                 event.object, event.entity_id, event.object_key, event.occurred_at_ms,
+                 event.updated_at_ms, event.instance_id,
+                 event.occurred_at_ms or event.received_at_ms, event.updated_at_ms or 0,
+                 event.attempt_count, event.retry_step, event.next_attempt_at_ms,
+                 event.last_error, event.delivered_at_ms, int(event.force)),
+            )
+            if cur.rowcount != 1:
+                return False
+            conn.executemany(
+                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                [(event.id, a.at_ms, a.target, a.status_code, a.duration_ms, a.outcome, a.error)
+                 for a in attempts],
+            )
+            return True
+
+    def ping(self) -> None:
+        self._query("SELECT 1")
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for conn in self._conns:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+        if self._notify_sock is not None:
+            self._notify_sock.close()
+            self._notify_sock = None
+

@@ -1,0 +1,272 @@
+"""The store contract: one suite every backend must pass unchanged.
+
+A backend's test module subclasses :class:`StoreContract` and provides a ``store``
+fixture returning a fresh, migrated store.
+"""
+
+from __future__ import annotations
+
+from relay.models import Attempt, EventFilter, Outcome, Status
+from relay.store import Store
+
+from .factories import make_event
+
+NOW = 1_700_000_000_000
+LEASE = 30_000
+
+
+def attempt(outcome: str = "delivered", code: int | None = 200) -> Attempt:
+    return Attempt(at_ms=NOW, target="http://convex", status_code=code, duration_ms=1.5,
+                   outcome=outcome)
+
+
+def deliver_all(store: Store, worker: str = "w1", now: int = NOW) -> list[str]:
+    """Claim and mark delivered until nothing is claimable; returns ids in delivery order."""
+    order = []
+    while batch := store.claim(worker, now_ms=now, lease_ms=LEASE, limit=10):
+        for ev in batch:
+            store.complete(ev.id, worker, attempt(), Outcome(Status.DELIVERED))
+            order.append(ev.id)
+    return order
+
+
+class StoreContract:
+    """Behaviour every :class:`relay.store.Store` backend must have."""
+
+    def test_insert_then_get_round_trips_body_bytes(self, store: Store) -> None:
+        """The stored body is byte-for-byte what was inserted."""
+        ev = make_event(event_id="msg_a")
+        assert store.insert(ev) is True
+        got = store.get("msg_a")
+        assert got is not None
+        assert got.body == ev.body
+        assert got.status == Status.PENDING
+        assert got.object_key == "user:user_1"
+
+    def test_duplicate_insert_is_refused_and_changes_nothing(self, store: Store) -> None:
+        """A second insert with the same svix-id returns False and keeps the first."""
+        assert store.insert(make_event(event_id="msg_dup", entity_id="user_a"))
+        assert store.insert(make_event(event_id="msg_dup", entity_id="user_b")) is False
+        got = store.get("msg_dup")
+        assert got is not None and got.entity_id == "user_a"
+
+    def test_get_unknown_is_none(self, store: Store) -> None:
+        """Unknown ids are None, not an error."""
+        assert store.get("msg_nope") is None
+
+    def test_claim_leases_and_hides_event_from_other_workers(self, store: Store) -> None:
+        """A claimed event is not claimable again until its lease expires."""
+        store.insert(make_event(event_id="msg_1"))
+        assert [e.id for e in store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=5)] == ["msg_1"]
+        assert store.claim("w2", now_ms=NOW + 1, lease_ms=LEASE, limit=5) == []
+        again = store.claim("w2", now_ms=NOW + LEASE + 1, lease_ms=LEASE, limit=5)
+        assert [e.id for e in again] == ["msg_1"]
+
+    def test_complete_requires_the_lease(self, store: Store) -> None:
+        """A worker whose lease was taken over cannot overwrite the outcome."""
+        store.insert(make_event(event_id="msg_1"))
+        store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=5)
+        store.claim("w2", now_ms=NOW + LEASE + 1, lease_ms=LEASE, limit=5)
+        assert store.complete("msg_1", "w1", attempt(), Outcome(Status.DELIVERED)) is False
+        assert store.complete("msg_1", "w2", attempt(), Outcome(Status.DELIVERED)) is True
+        got = store.get("msg_1")
+        assert got is not None and got.status == Status.DELIVERED
+        assert len(got.attempts) == 2  # both attempts happened and are logged
+
+    def test_retry_outcome_keeps_pending_until_due(self, store: Store) -> None:
+        """A retry sets next_attempt_at; the event is not claimable before then."""
+        store.insert(make_event(event_id="msg_1"))
+        store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=5)
+        store.complete("msg_1", "w1", attempt("retry", 503),
+                       Outcome(Status.PENDING, NOW + 5000, "HTTP 503"))
+        assert store.claim("w1", now_ms=NOW + 4999, lease_ms=LEASE, limit=5) == []
+        got = store.claim("w1", now_ms=NOW + 5000, lease_ms=LEASE, limit=5)
+        assert [e.id for e in got] == ["msg_1"]
+        assert got[0].attempt_count == 1 and got[0].retry_step == 1
+        assert got[0].last_error == "HTTP 503"
+
+    def test_release_makes_event_claimable_at_once(self, store: Store) -> None:
+        """A released event can be claimed again before the lease would have expired."""
+        store.insert(make_event(event_id="msg_1"))
+        store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=5)
+        store.release("msg_1", "w1")
+        assert [e.id for e in store.claim("w2", now_ms=NOW, lease_ms=LEASE, limit=5)] == ["msg_1"]
+
+    def test_one_object_is_never_in_flight_twice(self, store: Store) -> None:
+        """Only the oldest pending event of an object is claimable; others wait."""
+        store.insert(make_event(event_id="msg_a1", entity_id="user_a", timestamp=NOW + 1))
+        store.insert(make_event(event_id="msg_a2", entity_id="user_a", timestamp=NOW + 2))
+        store.insert(make_event(event_id="msg_b1", entity_id="user_b", timestamp=NOW + 1))
+        first = store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)
+        assert sorted(e.id for e in first) == ["msg_a1", "msg_b1"]
+        assert store.claim("w2", now_ms=NOW, lease_ms=LEASE, limit=10) == []
+
+    def test_order_follows_occurred_at_not_arrival(self, store: Store) -> None:
+        """An older event that arrives later is still delivered first."""
+        store.insert(make_event(event_id="msg_new", timestamp=NOW + 2000))
+        store.insert(make_event(event_id="msg_old", timestamp=NOW + 1000))
+        store.insert(make_event(event_id="msg_newest", timestamp=NOW + 3000))
+        assert deliver_all(store) == ["msg_old", "msg_new", "msg_newest"]
+
+    def test_order_breaks_ties_by_updated_at_then_receipt(self, store: Store) -> None:
+        """Same occurred-at: the object's updated_at decides, then arrival."""
+        store.insert(make_event(event_id="msg_b", timestamp=NOW, updated_at=NOW + 5))
+        store.insert(make_event(event_id="msg_a", timestamp=NOW, updated_at=NOW + 1))
+        store.insert(make_event(event_id="msg_c", timestamp=NOW, updated_at=NOW + 5))
+        assert deliver_all(store) == ["msg_a", "msg_b", "msg_c"]
+
+    def test_newer_event_waits_while_older_is_retried(self, store: Store) -> None:
+        """A retrying older event blocks newer ones for the same object until it ends."""
+        store.insert(make_event("user.created", event_id="msg_old", timestamp=NOW + 1))
+        store.insert(make_event("user.updated", event_id="msg_new", timestamp=NOW + 2))
+        [old] = store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)
+        store.complete(old.id, "w1", attempt("retry", 503),
+                       Outcome(Status.PENDING, NOW + 60_000, "HTTP 503"))
+        assert store.claim("w1", now_ms=NOW + 1000, lease_ms=LEASE, limit=10) == []
+        [again] = store.claim("w1", now_ms=NOW + 60_000, lease_ms=LEASE, limit=10)
+        store.complete(again.id, "w1", attempt("failed", 400), Outcome(Status.FAILED, None, "x"))
+        assert [e.id for e in store.claim("w1", now_ms=NOW + 60_001, lease_ms=LEASE, limit=10)] \
+            == ["msg_new"]
+
+    def test_stale_upsert_is_superseded(self, store: Store) -> None:
+        """An update older than one already delivered becomes superseded, not delivered."""
+        store.insert(make_event("user.updated", event_id="msg_new", timestamp=NOW + 2))
+        assert deliver_all(store) == ["msg_new"]
+        store.insert(make_event("user.updated", event_id="msg_old", timestamp=NOW + 1))
+        assert deliver_all(store) == []
+        got = store.get("msg_old")
+        assert got is not None and got.status == Status.SUPERSEDED
+        assert got.last_error is not None and "msg_new" in got.last_error
+
+    def test_update_after_delivered_delete_is_superseded(self, store: Store) -> None:
+        """A late update older than a delivered delete never resurrects the user."""
+        store.insert(make_event("user.deleted", event_id="msg_del", timestamp=NOW + 5))
+        deliver_all(store)
+        store.insert(make_event("user.updated", event_id="msg_late", timestamp=NOW + 3))
+        assert deliver_all(store) == []
+        got = store.get("msg_late")
+        assert got is not None and got.status == Status.SUPERSEDED
+
+    def test_late_delete_is_still_delivered(self, store: Store) -> None:
+        """Deletes are never superseded: they carry no state that could be stale."""
+        store.insert(make_event("user.updated", event_id="msg_upd", timestamp=NOW + 5))
+        deliver_all(store)
+        store.insert(make_event("user.deleted", event_id="msg_del", timestamp=NOW + 3))
+        assert deliver_all(store) == ["msg_del"]
+
+    def test_forced_replay_of_superseded_is_delivered(self, store: Store) -> None:
+        """replay --force delivers a superseded event and it is not superseded again."""
+        store.insert(make_event("user.updated", event_id="msg_new", timestamp=NOW + 2))
+        deliver_all(store)
+        store.insert(make_event("user.updated", event_id="msg_old", timestamp=NOW + 1))
+        deliver_all(store)
+        assert store.replay(EventFilter(ids=("msg_old",)), now_ms=NOW) == []
+        assert store.replay(EventFilter(ids=("msg_old",)), now_ms=NOW, force=True) == ["msg_old"]
+        assert deliver_all(store) == ["msg_old"]
+
+    def test_replay_by_filter_only_touches_failed(self, store: Store) -> None:
+        """A filtered replay without ids moves failed events back to pending, nothing else."""
+        for i, status in enumerate([Status.FAILED, Status.FAILED, Status.SKIPPED]):
+            store.insert(make_event(event_id=f"msg_{i}", entity_id=f"user_{i}", status=status))
+        deliver_all(store)
+        ids = store.replay(EventFilter(), now_ms=NOW + 10)
+        assert sorted(ids) == ["msg_0", "msg_1"]
+        got = store.get("msg_0")
+        assert got is not None and got.status == Status.PENDING and got.retry_step == 0
+        assert store.counts()["skipped"] == 1
+
+    def test_replay_by_id_moves_delivered_back(self, store: Store) -> None:
+        """Replaying a delivered event by id sends it again."""
+        store.insert(make_event(event_id="msg_1"))
+        deliver_all(store)
+        assert store.replay(EventFilter(ids=("msg_1",)), now_ms=NOW + 1) == ["msg_1"]
+        assert deliver_all(store, now=NOW + 1) == ["msg_1"]
+
+    def test_replay_skips_events_in_flight(self, store: Store) -> None:
+        """An event leased by a worker right now is not reset under its feet."""
+        store.insert(make_event(event_id="msg_1", status=Status.FAILED))
+        store.replay(EventFilter(ids=("msg_1",)), now_ms=NOW)
+        store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=1)
+        assert store.replay(EventFilter(ids=("msg_1",)), now_ms=NOW + 1, force=True) == []
+
+    def test_list_filters_and_pages_newest_first(self, store: Store) -> None:
+        """Filters by status, type glob, entity and time; cursor pages without overlap."""
+        for i in range(7):
+            store.insert(make_event("organization.updated" if i % 2 else "user.updated",
+                                    event_id=f"msg_{i}", entity_id=f"e_{i % 3}",
+                                    received_at_ms=NOW + i))
+        page = store.list(EventFilter(), limit=3)
+        assert [e.id for e in page.events] == ["msg_6", "msg_5", "msg_4"]
+        assert page.next_cursor is not None
+        page2 = store.list(EventFilter(), limit=3, cursor=page.next_cursor)
+        assert [e.id for e in page2.events] == ["msg_3", "msg_2", "msg_1"]
+        page3 = store.list(EventFilter(), limit=3, cursor=page2.next_cursor)
+        assert [e.id for e in page3.events] == ["msg_0"] and page3.next_cursor is None
+        orgs = store.list(EventFilter(type_glob="organization.*"), limit=10)
+        assert [e.id for e in orgs.events] == ["msg_5", "msg_3", "msg_1"]
+        ent = store.list(EventFilter(entity_id="e_0"), limit=10)
+        assert [e.id for e in ent.events] == ["msg_6", "msg_3", "msg_0"]
+        window = store.list(EventFilter(since_ms=NOW + 2, until_ms=NOW + 4), limit=10)
+        assert [e.id for e in window.events] == ["msg_3", "msg_2"]
+        assert store.list(EventFilter(statuses=(Status.FAILED,)), limit=10).events == []
+
+    def test_type_glob_treats_like_wildcards_literally(self, store: Store) -> None:
+        """``%`` and ``_`` in a type glob match themselves, not anything."""
+        store.insert(make_event("user.updated", event_id="msg_1"))
+        assert store.list(EventFilter(type_glob="user%"), limit=10).events == []
+        assert len(store.list(EventFilter(type_glob="user.*"), limit=10).events) == 1
+
+    def test_purge_deletes_only_finished_old_events(self, store: Store) -> None:
+        """purge removes delivered/skipped/superseded before the cutoff, never pending/failed."""
+        store.insert(make_event(event_id="msg_done", entity_id="a", received_at_ms=NOW))
+        store.insert(make_event(event_id="msg_skip", entity_id="b", received_at_ms=NOW,
+                                status=Status.SKIPPED))
+        store.insert(make_event(event_id="msg_fail", entity_id="c", received_at_ms=NOW,
+                                status=Status.FAILED))
+        store.insert(make_event(event_id="msg_pend", entity_id="d", received_at_ms=NOW + 10))
+        store.claim("w", now_ms=NOW, lease_ms=LEASE, limit=1)  # msg_done only (oldest due)
+        store.complete("msg_done", "w", attempt(), Outcome(Status.DELIVERED))
+        store.insert(make_event(event_id="msg_recent", entity_id="e",
+                                received_at_ms=NOW + 100, status=Status.SKIPPED))
+        assert store.purge(older_than_ms=NOW + 50) == 2
+        assert store.get("msg_done") is None and store.get("msg_skip") is None
+        assert store.get("msg_fail") is not None and store.get("msg_pend") is not None
+        assert store.get("msg_recent") is not None
+
+    def test_counts_and_oldest_pending(self, store: Store) -> None:
+        """counts() has every status; oldest_pending_ms is the oldest pending receipt."""
+        assert store.counts() == {str(s): 0 for s in Status}
+        assert store.oldest_pending_ms() is None
+        store.insert(make_event(event_id="msg_1", entity_id="a", received_at_ms=NOW + 5))
+        store.insert(make_event(event_id="msg_2", entity_id="b", received_at_ms=NOW + 9))
+        store.insert(make_event(event_id="msg_3", entity_id="c", status=Status.SKIPPED))
+        assert store.counts()["pending"] == 2 and store.counts()["skipped"] == 1
+        assert store.oldest_pending_ms() == NOW + 5
+
+    def test_heartbeat_reports_newest(self, store: Store) -> None:
+        """last_heartbeat_ms is the newest heartbeat of any worker."""
+        assert store.last_heartbeat_ms() is None
+        store.heartbeat("w1", now_ms=NOW)
+        store.heartbeat("w2", now_ms=NOW + 7)
+        store.heartbeat("w1", now_ms=NOW + 3)
+        assert store.last_heartbeat_ms() == NOW + 7
+
+    def test_events_without_object_are_not_ordered(self, store: Store) -> None:
+        """Events with no data.object/id are claimable side by side."""
+        for i in range(3):
+            store.insert(make_event("email.created", event_id=f"msg_{i}", entity_id=""))
+        assert len(store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)) == 3
+
+    def test_export_import_round_trip(self, store: Store) -> None:
+        """Exported events re-import with status, counters and attempts intact."""
+        store.insert(make_event(event_id="msg_1"))
+        store.claim("w", now_ms=NOW, lease_ms=LEASE, limit=1)
+        store.complete("msg_1", "w", attempt("failed", 400), Outcome(Status.FAILED, None, "bad"))
+        [(event, attempts)] = list(store.export())
+        assert event.status == Status.FAILED and len(attempts) == 1
+        assert store.import_event(event, attempts) is False  # already there
+
+    def test_ping_answers(self, store: Store) -> None:
+        """ping() returns when the database answers."""
+        store.ping()
+        assert store.counts()["pending"] == 0
