@@ -1,0 +1,19 @@
+/* Typed function references for this folder's modules (stand-in for codegen
+ * output). List every module that exports Convex functions here. */
+import type { ApiFromModules, FilterApi, FunctionReference } from "convex/server";
+import type * as clerkPayload from "../clerkPayload.js";
+import type * as http from "../http.js";
+import type * as orgs from "../orgs.js";
+import type * as sync from "../sync.js";
+import type * as users from "../users.js";
+
+declare const fullApi: ApiFromModules<{
+  clerkPayload: typeof clerkPayload;
+  http: typeof http;
+  orgs: typeof orgs;
+  sync: typeof sync;
+  users: typeof users;
+}>;
+
+export declare const api: FilterApi<typeof fullApi, FunctionReference<any, "public">>;
+export declare const internal: FilterApi<typeof fullApi, FunctionReference<any, "internal">>;
