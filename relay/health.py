@@ -1,0 +1,51 @@
+"""Liveness, readiness and metrics for load balancers, Fly checks and Prometheus."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, jsonify
+
+from relay import metrics
+from relay.errors import StoreError
+from relay.web import runtime
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """200 while the process serves; touches nothing else."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """200 when the store answers and a delivery worker reported recently; else 503."""
+    rt = runtime()
+    checks: dict[str, str] = {}
+    try:
+        rt.store.ping()
+        checks["store"] = "ok"
+        beat = rt.store.last_heartbeat_ms()
+        age_s = None if beat is None else time.time() - beat / 1000
+        if age_s is None:
+            checks["worker"] = "no delivery worker has reported yet"
+        elif age_s > rt.settings.heartbeat_stale_s:
+            checks["worker"] = f"last worker heartbeat {age_s:.0f}s ago"
+        else:
+            checks["worker"] = "ok"
+    except StoreError as exc:
+        checks["store"] = f"store does not answer: {exc}"
+        checks["worker"] = "unknown"
+    failing = sorted(name for name, state in checks.items() if state != "ok")
+    body = {"status": "ok" if not failing else "unavailable", "checks": checks}
+    if failing:
+        body["failing"] = failing
+    return jsonify(body), 200 if not failing else 503
+
+
+@bp.get("/metrics")
+def metrics_endpoint() -> Response:
+    data, content_type = metrics.render(runtime().store)
+    return Response(data, content_type=content_type)

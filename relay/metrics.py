@@ -1,0 +1,91 @@
+"""Prometheus metrics, correct under several gunicorn workers and a separate worker process.
+
+Counters and histograms use prometheus-client's multiprocess mode when
+``PROMETHEUS_MULTIPROC_DIR`` is set (``relay serve`` sets it for its children), so
+``/metrics`` sums every process. Backlog gauges are not process state at all: they
+are read from the store at scrape time, so every instance reports the same truth.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from relay.store import Store
+
+EVENTS_RECEIVED = Counter(
+    "relay_events_received_total",
+    "Webhook requests by event type and outcome (accepted, duplicate, rejected).",
+    ["type", "outcome"],
+)
+DELIVERIES = Counter(
+    "relay_deliveries_total",
+    "Delivery attempts by verdict (delivered, retry, failed) and final states set by the worker.",
+    ["outcome"],
+)
+ATTEMPT_SECONDS = Histogram(
+    "relay_delivery_attempt_seconds",
+    "Duration of one delivery attempt to Convex.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+class StoreCollector(Collector):
+    """Backlog gauges read from the store on each scrape."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.store.counts()
+        backlog = GaugeMetricFamily("relay_events", "Stored events by status.", labels=["status"])
+        for status, n in counts.items():
+            backlog.add_metric([status], n)
+        yield backlog
+        now_ms = time.time() * 1000
+        oldest = self.store.oldest_pending_ms()
+        yield GaugeMetricFamily(
+            "relay_oldest_pending_age_seconds",
+            "Age of the oldest pending event (0 when none).",
+            value=0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000),
+        )
+        beat = self.store.last_heartbeat_ms()
+        yield GaugeMetricFamily(
+            "relay_worker_heartbeat_age_seconds",
+            "Seconds since a delivery worker last reported (-1 when none ever did).",
+            value=-1.0 if beat is None else max(0.0, (now_ms - beat) / 1000),
+        )
+
+
+def render(store: Store) -> tuple[bytes, str]:
+    """The /metrics body and content type."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY  # single process: the default registry has our counters
+        return generate_latest(registry) + generate_latest(_store_only(store)), \
+            CONTENT_TYPE_LATEST
+    registry.register(StoreCollector(store))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _store_only(store: Store) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store))
+    return registry

@@ -1,0 +1,126 @@
+"""The Flask application: blueprints, one JSON error handler, per-request log line.
+
+Built by :func:`relay.create_app`. Nothing here opens a connection: the store is
+opened (and migrated) lazily by the first request in each process, because gunicorn
+forks workers after loading the app.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+
+import structlog
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from relay.errors import HTTPError
+from relay.logs import configure_logging
+from relay.settings import Settings
+from relay.store import Store, open_store
+
+log = structlog.get_logger("relay.web")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class Runtime:
+    """Per-process state shared by the blueprints: settings and the lazily opened store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    store = open_store(self.settings.database_url)
+                    store.migrate()
+                    self._store = store
+        return self._store
+
+
+def runtime() -> Runtime:
+    """The :class:`Runtime` of the current app."""
+    rt: Runtime = current_app.extensions["relay"]
+    return rt
+
+
+def build_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    settings.require_ingest()
+    configure_logging(settings.log_level, settings.log_format)
+
+    app = Flask("relay")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["relay"] = Runtime(settings)
+
+    from relay.health import bp as health_bp
+    from relay.ingest import bp as ingest_bp
+
+    app.register_blueprint(ingest_bp)
+    app.register_blueprint(health_bp)
+    if settings.admin_token:
+        from relay.admin import register_admin
+
+        register_admin(app, settings)
+
+    app.register_error_handler(HTTPError, _render_error)
+    app.register_error_handler(HTTPException, _render_http_exception)
+    app.register_error_handler(Exception, _render_unexpected)
+    app.before_request(_start_request)
+    app.after_request(_log_request)
+    return app
+
+
+def _start_request() -> None:
+    g.started = time.perf_counter()
+    rid = request.headers.get("X-Request-Id", "")
+    g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+
+def _log_request(response: Response) -> Response:
+    if request.path in ("/healthz", "/metrics"):
+        return response  # probes every few seconds would drown the useful lines
+    duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    log.info(
+        "request_handled",
+        method=request.method,
+        path=request.path,
+        status=response.status_code,
+        duration_ms=round(duration_ms, 2),
+        **g.get("log_fields", {}),
+    )
+    return response
+
+
+def _render_error(exc: HTTPError) -> tuple[Response, int]:
+    g.log_fields = {**g.get("log_fields", {}), "error": exc.code}
+    return jsonify(exc.to_dict()), exc.status_code
+
+
+def _render_http_exception(exc: HTTPException) -> tuple[Response, int]:
+    code = exc.code or 500
+    name = (exc.name or "error").lower().replace(" ", "_")
+    detail = {
+        404: f"no route for {request.method} {request.path}",
+        405: f"{request.method} is not allowed on {request.path}",
+        413: "request body is larger than RELAY_MAX_BODY",
+    }.get(code, exc.description or name)
+    response = jsonify({"error": name, "detail": detail})
+    if code == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response, code
+
+
+def _render_unexpected(exc: Exception) -> tuple[Response, int]:
+    log.exception("request_crashed")  # the trace goes to the log, never to the client
+    return jsonify({"error": "internal_error", "detail": "unexpected error; see the relay log"}), 500

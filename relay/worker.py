@@ -1,0 +1,228 @@
+"""The delivery worker: a plain loop of claim due -> deliver -> record -> wait.
+
+Up to ``RELAY_CONCURRENCY`` attempts run at once on a thread pool; the store's claim
+keeps events of one object out of flight together and in order. The loop waits on a
+``threading.Event`` (woken by new events, finished attempts, or a stop request),
+never ``time.sleep``. A first SIGTERM/SIGINT stops claiming and lets attempts in hand
+finish; a second exits at once (their leases expire and another worker retries them).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from types import FrameType
+
+import structlog
+
+from relay import metrics
+from relay.deliver import Deliverer, NoRoute
+from relay.errors import StoreError, UnsafeValueError
+from relay.models import Attempt, Event, Outcome, Status, matches_any
+from relay.outcome import Verdict, classify
+from relay.retry import next_delay_s, parse_retry_after
+from relay.settings import Settings
+from relay.store import Store
+
+log = structlog.get_logger("relay.worker")
+
+#: How often the loop looks for due work when nothing wakes it (retries come due silently).
+POLL_INTERVAL_S = 1.0
+HEARTBEAT_INTERVAL_S = 5.0
+
+
+class Worker:
+    """Delivers pending events from one store to one Convex target."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        deliverer: Deliverer | None = None,
+        *,
+        worker_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        poll_interval_s: float = POLL_INTERVAL_S,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.deliverer = deliverer or Deliverer(settings)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.poll_interval_s = poll_interval_s
+        # A lease outlives the slowest attempt; only a dead worker lets one expire.
+        self.lease_ms = int((settings.delivery_timeout_s * 2 + 30) * 1000)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._in_flight: set[Future[None]] = set()
+        self._lock = threading.Lock()
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; attempts in hand finish (warm shutdown)."""
+        self._stopping.set()
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        """First SIGTERM/SIGINT: warm shutdown. Second: exit now (leases expire, retried)."""
+
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            if self._stopping.is_set():
+                log.warning("worker_cold_shutdown", signal=signal.Signals(signum).name)
+                os._exit(1)
+            log.info("worker_stopping", signal=signal.Signals(signum).name,
+                     in_flight=len(self._in_flight))
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def run(self) -> None:
+        """Run until :meth:`stop`; returns after in-flight attempts finish."""
+        stop_listening = self.store.listen(self._wake.set)
+        pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="relay-deliver")
+        log.info("worker_started", worker_id=self.worker_id, target=self.settings.target,
+                 concurrency=self.settings.concurrency)
+        next_beat = 0.0
+        try:
+            while not self._stopping.is_set():
+                if self.clock() >= next_beat:
+                    self._beat()
+                    next_beat = self.clock() + HEARTBEAT_INTERVAL_S
+                self._wake.clear()
+                self._fill(pool)
+                self._wake.wait(self.poll_interval_s)
+        finally:
+            pool.shutdown(wait=True)
+            stop_listening()
+            log.info("worker_stopped", worker_id=self.worker_id)
+
+    def _beat(self) -> None:
+        try:
+            self.store.heartbeat(self.worker_id, now_ms=self.now_ms())
+        except StoreError as exc:
+            log.error("worker_heartbeat_failed", error=str(exc))
+
+    def _fill(self, pool: ThreadPoolExecutor) -> None:
+        with self._lock:
+            free = self.settings.concurrency - len(self._in_flight)
+        if free <= 0:
+            return
+        try:
+            events = self.store.claim(self.worker_id, now_ms=self.now_ms(),
+                                      lease_ms=self.lease_ms, limit=free)
+        except StoreError as exc:
+            log.error("worker_claim_failed", error=str(exc))
+            return
+        for event in events:
+            future = pool.submit(self.process, event)
+            with self._lock:
+                self._in_flight.add(future)
+            future.add_done_callback(self._done)
+
+    def _done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._in_flight.discard(future)
+        self._wake.set()  # a slot is free, and the next event of that object may be due
+
+    def run_once(self) -> int:
+        """Claim and deliver one batch synchronously (tests, ``relay worker --once``)."""
+        events = self.store.claim(self.worker_id, now_ms=self.now_ms(),
+                                  lease_ms=self.lease_ms, limit=self.settings.concurrency)
+        for event in events:
+            self.process(event)
+        return len(events)
+
+    # -- one event -----------------------------------------------------------------------
+
+    def process(self, event: Event) -> None:
+        """Attempt one claimed event and record the outcome. Never raises."""
+        structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
+        try:
+            self._attempt(event)
+        except Exception:  # one bad event must never kill the loop
+            log.exception("delivery_crashed")
+            try:
+                self.store.release(event.id, self.worker_id)
+            except StoreError:
+                pass  # the lease expires and the event is retried
+        finally:
+            structlog.contextvars.unbind_contextvars("event_id", "event_type")
+
+    def _attempt(self, event: Event) -> None:
+        target = self.deliverer.target_url
+        now_ms = self.now_ms()
+        if not matches_any(event.type, self.settings.events):
+            self._finish(event, Attempt(now_ms, target, None, 0.0, "skipped", "not in RELAY_EVENTS"),
+                         Outcome(Status.SKIPPED, None, "not in RELAY_EVENTS"))
+            return
+        try:
+            request = self.deliverer.prepare(event, now=datetime.fromtimestamp(now_ms / 1000, UTC))
+        except NoRoute:
+            reason = "no RELAY_ROUTES entry for this type"
+            self._finish(event, Attempt(now_ms, target, None, 0.0, "skipped", reason),
+                         Outcome(Status.SKIPPED, None, reason))
+            return
+        except UnsafeValueError as exc:
+            reason = f"cannot be made a Convex value: {exc}"
+            self._finish(event, Attempt(now_ms, target, None, 0.0, "failed", reason),
+                         Outcome(Status.FAILED, None, reason))
+            return
+        response = self.deliverer.send(request)
+        verdict, why = classify(response.status_code, convex_status=response.convex_status,
+                                transport_error=response.transport_error)
+        metrics.ATTEMPT_SECONDS.observe(response.duration_ms / 1000)
+        error = None if verdict is Verdict.DELIVERED else _reason(response.status_code, why,
+                                                                   response.excerpt)
+        outcome, next_in_s = self._outcome(event, verdict, error, response.retry_after)
+        attempt = Attempt(now_ms, target, response.status_code, response.duration_ms,
+                          str(verdict), error)
+        self._finish(event, attempt, outcome, next_in_s=next_in_s)
+
+    def _outcome(self, event: Event, verdict: Verdict, error: str | None,
+                 retry_after: str | None) -> tuple[Outcome, float | None]:
+        if verdict is Verdict.DELIVERED:
+            return Outcome(Status.DELIVERED), None
+        if verdict is Verdict.FAILED:
+            return Outcome(Status.FAILED, None, error), None
+        delay = next_delay_s(event.retry_step, self.settings.retry_schedule_s, rng=self.rng,
+                             retry_after_s=parse_retry_after(retry_after, now_s=self.clock()))
+        if delay is None:
+            return Outcome(Status.FAILED, None, f"retries exhausted; last: {error}"), None
+        return Outcome(Status.PENDING, self.now_ms() + int(delay * 1000), error), delay
+
+    def _finish(self, event: Event, attempt: Attempt, outcome: Outcome,
+                next_in_s: float | None = None) -> None:
+        kept = self.store.complete(event.id, self.worker_id, attempt, outcome)
+        metrics.DELIVERIES.labels(outcome=attempt.outcome).inc()
+        log.info(
+            "delivery_attempted",
+            target=attempt.target,
+            status=attempt.status_code,
+            outcome=attempt.outcome,
+            event_status=str(outcome.status),
+            duration_ms=round(attempt.duration_ms, 1),
+            attempt=event.attempt_count + 1,
+            next_attempt_in_s=None if next_in_s is None else round(next_in_s, 1),
+            error=attempt.error,
+            lease_lost=not kept or None,
+        )
+
+
+def _reason(status_code: int | None, why: str, excerpt: str | None) -> str:
+    head = f"HTTP {status_code} {why}" if status_code is not None else why
+    return f"{head}: {excerpt}" if excerpt else head
