@@ -43,11 +43,14 @@ MAX_ARGS_BYTES = 16 * 1024 * 1024
 MAX_SAFE_INTEGER = 2**53 - 1
 
 _SAFE_CHAR_RE = re.compile(r"[\x20-\x7d]")  # printable ASCII minus "~" (0x7E)
+_SAFE_KEY_RE = re.compile(r"[\x20-\x23\x25-\x5e\x60-\x7d][\x20-\x7d]*")  # no leading $ or _
 _ESCAPE_RE = re.compile(r"~(?:([0-9A-F]{2})|u([0-9A-F]{4})|U([0-9A-F]{6}))")
 
 
 def escape_key(key: str) -> str:
     """The Convex-safe spelling of ``key``; ``unescape_key`` restores it exactly."""
+    if _SAFE_KEY_RE.fullmatch(key):
+        return key  # the common case: Clerk's own keys and ordinary metadata keys
     if key == "":
         return ESCAPE
     out = []
