@@ -59,7 +59,7 @@ class Response:
     excerpt: str | None = None
 
 
-class NoRoute(Exception):  # noqa: N818 - a signal, not an error: the event is skipped
+class NoRoute(Exception):
     """The event type is not routed to any Convex function."""
 
 

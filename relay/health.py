@@ -39,7 +39,7 @@ def readyz() -> tuple[Response, int]:
         checks["store"] = f"store does not answer: {exc}"
         checks["worker"] = "unknown"
     failing = sorted(name for name, state in checks.items() if state != "ok")
-    body = {"status": "ok" if not failing else "unavailable", "checks": checks}
+    body: dict[str, object] = {"status": "ok" if not failing else "unavailable", "checks": checks}
     if failing:
         body["failing"] = failing
     return jsonify(body), 200 if not failing else 503

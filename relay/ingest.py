@@ -46,7 +46,7 @@ def receive() -> tuple[Response, int]:
     event_type = "unknown"
     try:
         body = _read_body(settings.max_body_bytes)
-        svix = _verifier(settings).verify(body, request.headers, now_s=time.time())
+        svix = _verifier(settings).verify(body, dict(request.headers), now_s=time.time())
         g.log_fields = {"svix_id": svix.id}
         envelope = _parse(body)
         event_type = envelope["type"]

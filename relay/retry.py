@@ -1,7 +1,7 @@
 """When to try again: the retry schedule as data plus one pure function.
 
 The schedule lists the gaps between attempts (``RELAY_RETRY_SCHEDULE``); after the
-last gap is used, the event is ``failed``. Jitter is only ever added (0–20 %), so a
+last gap is used, the event is ``failed``. Jitter is only ever added (0-20 %), so a
 schedule documented to span three days never spans less; it spreads the retries of
 many events that failed together (a Convex outage) so they do not return as one wave.
 A ``Retry-After`` from Convex is a floor: we never come back sooner than asked.

@@ -25,10 +25,13 @@ DEFAULT_RETRY_SCHEDULE_S: tuple[float, ...] = (
 )
 
 #: Convex's official Clerk template (docs.convex.dev/auth/database-auth).
-DEFAULT_ROUTES_SPEC = "user.created,user.updated=users:upsertFromClerk;user.deleted=users:deleteFromClerk"
+DEFAULT_ROUTES_SPEC = (
+    "user.created,user.updated=users:upsertFromClerk;user.deleted=users:deleteFromClerk"
+)
 
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2}
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+               "kb": 1000, "mb": 1000**2}
 _SECRET_RE = re.compile(r"^whsec_[A-Za-z0-9+/=]{8,}$")
 _FUNCTION_RE = re.compile(r"^[A-Za-z0-9_/.\-]+:[A-Za-z_][A-Za-z0-9_]*$")
 _INCLUDABLE = frozenset({"private_metadata", "event_attributes", "unsafe_metadata"})
@@ -203,7 +206,7 @@ def _url(variable: str, text: str, example: str) -> str:
     return text.rstrip("/")
 
 
-def _parse(env: Mapping[str, str]) -> Settings:  # noqa: C901 - one flat list of variables
+def _parse(env: Mapping[str, str]) -> Settings:
     def get(name: str) -> str | None:
         value = env.get(name)
         return value.strip() if value and value.strip() else None
@@ -255,8 +258,9 @@ def _parse(env: Mapping[str, str]) -> Settings:  # noqa: C901 - one flat list of
             )
         kw["database_url"] = v
     if v := get("RELAY_DELIVERY_TIMEOUT"):
-        kw["delivery_timeout_s"] = parse_duration_s("RELAY_DELIVERY_TIMEOUT", v)
-        if kw["delivery_timeout_s"] <= 0:
+        timeout_s = parse_duration_s("RELAY_DELIVERY_TIMEOUT", v)
+        kw["delivery_timeout_s"] = timeout_s
+        if timeout_s <= 0:
             raise ConfigError("RELAY_DELIVERY_TIMEOUT", "must be positive", "10s")
     if v := get("RELAY_RETRY_SCHEDULE"):
         kw["retry_schedule_s"] = tuple(

@@ -123,4 +123,5 @@ def _render_http_exception(exc: HTTPException) -> tuple[Response, int]:
 
 def _render_unexpected(exc: Exception) -> tuple[Response, int]:
     log.exception("request_crashed")  # the trace goes to the log, never to the client
-    return jsonify({"error": "internal_error", "detail": "unexpected error; see the relay log"}), 500
+    body = {"error": "internal_error", "detail": "unexpected error; see the relay log"}
+    return jsonify(body), 500

@@ -9,6 +9,7 @@ finish; a second exits at once (their leases expire and another worker retries t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -156,10 +157,8 @@ class Worker:
             self._attempt(event)
         except Exception:  # one bad event must never kill the loop
             log.exception("delivery_crashed")
-            try:
+            with contextlib.suppress(StoreError):  # else the lease expires: retried anyway
                 self.store.release(event.id, self.worker_id)
-            except StoreError:
-                pass  # the lease expires and the event is retried
         finally:
             structlog.contextvars.unbind_contextvars("event_id", "event_type")
 
@@ -167,8 +166,9 @@ class Worker:
         target = self.deliverer.target_url
         now_ms = self.now_ms()
         if not matches_any(event.type, self.settings.events):
-            self._finish(event, Attempt(now_ms, target, None, 0.0, "skipped", "not in RELAY_EVENTS"),
-                         Outcome(Status.SKIPPED, None, "not in RELAY_EVENTS"))
+            reason = "not in RELAY_EVENTS"
+            self._finish(event, Attempt(now_ms, target, None, 0.0, "skipped", reason),
+                         Outcome(Status.SKIPPED, None, reason))
             return
         try:
             request = self.deliverer.prepare(event, now=datetime.fromtimestamp(now_ms / 1000, UTC))

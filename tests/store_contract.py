@@ -195,26 +195,26 @@ class StoreContract:
             store.insert(make_event("organization.updated" if i % 2 else "user.updated",
                                     event_id=f"msg_{i}", entity_id=f"e_{i % 3}",
                                     received_at_ms=NOW + i))
-        page = store.list(EventFilter(), limit=3)
+        page = store.list_events(EventFilter(), limit=3)
         assert [e.id for e in page.events] == ["msg_6", "msg_5", "msg_4"]
         assert page.next_cursor is not None
-        page2 = store.list(EventFilter(), limit=3, cursor=page.next_cursor)
+        page2 = store.list_events(EventFilter(), limit=3, cursor=page.next_cursor)
         assert [e.id for e in page2.events] == ["msg_3", "msg_2", "msg_1"]
-        page3 = store.list(EventFilter(), limit=3, cursor=page2.next_cursor)
+        page3 = store.list_events(EventFilter(), limit=3, cursor=page2.next_cursor)
         assert [e.id for e in page3.events] == ["msg_0"] and page3.next_cursor is None
-        orgs = store.list(EventFilter(type_glob="organization.*"), limit=10)
+        orgs = store.list_events(EventFilter(type_glob="organization.*"), limit=10)
         assert [e.id for e in orgs.events] == ["msg_5", "msg_3", "msg_1"]
-        ent = store.list(EventFilter(entity_id="e_0"), limit=10)
+        ent = store.list_events(EventFilter(entity_id="e_0"), limit=10)
         assert [e.id for e in ent.events] == ["msg_6", "msg_3", "msg_0"]
-        window = store.list(EventFilter(since_ms=NOW + 2, until_ms=NOW + 4), limit=10)
+        window = store.list_events(EventFilter(since_ms=NOW + 2, until_ms=NOW + 4), limit=10)
         assert [e.id for e in window.events] == ["msg_3", "msg_2"]
-        assert store.list(EventFilter(statuses=(Status.FAILED,)), limit=10).events == []
+        assert store.list_events(EventFilter(statuses=(Status.FAILED,)), limit=10).events == []
 
     def test_type_glob_treats_like_wildcards_literally(self, store: Store) -> None:
         """``%`` and ``_`` in a type glob match themselves, not anything."""
         store.insert(make_event("user.updated", event_id="msg_1"))
-        assert store.list(EventFilter(type_glob="user%"), limit=10).events == []
-        assert len(store.list(EventFilter(type_glob="user.*"), limit=10).events) == 1
+        assert store.list_events(EventFilter(type_glob="user%"), limit=10).events == []
+        assert len(store.list_events(EventFilter(type_glob="user.*"), limit=10).events) == 1
 
     def test_purge_deletes_only_finished_old_events(self, store: Store) -> None:
         """purge removes delivered/skipped/superseded before the cutoff, never pending/failed."""

@@ -51,7 +51,7 @@ class Store(Protocol):
     def get(self, event_id: str) -> Event | None:
         """One event with every attempt, or None."""
 
-    def list(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
+    def list_events(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
         """Events matching ``flt``, newest first, ``limit`` per page."""
 
     def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:

@@ -240,7 +240,7 @@ class SQLiteStore:
         )
         return sql.row_to_event(rows[0], tuple(map(sql.row_to_attempt, attempts)))
 
-    def list(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
+    def list_events(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
         where, params = sql.filter_clause(flt, "?")
         if cursor is not None:
             where += " AND seq < ?"

@@ -1,0 +1,101 @@
+"""``relay serve``: ingest (gunicorn) and delivery (one worker) as one container command.
+
+A small supervisor, like a process manager in miniature: it migrates the store once,
+starts gunicorn and ``relay worker`` as children, forwards SIGTERM/SIGINT to both and
+waits for them to finish in-flight work. If either child dies on its own, the other
+is stopped and ``serve`` exits non-zero so the platform restarts the whole unit
+(a web server without a worker would accept events nobody delivers).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from types import FrameType
+
+import structlog
+
+from relay.settings import Settings
+from relay.store import open_store
+
+log = structlog.get_logger("relay.serve")
+
+#: gunicorn loads this module as its configuration (``-c python:...``).
+GUNICORN_CONFIG = "python:relay.gunicorn_conf"
+
+
+def serve(settings: Settings, *, web_only: bool = False) -> int:
+    """Run until signalled; returns the process exit code."""
+    settings.require_ingest()
+    if not web_only:
+        settings.require_delivery()
+    store = open_store(settings.database_url)
+    store.migrate()
+    store.close()
+
+    env = dict(os.environ)
+    owned_metrics_dir = None
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Counters from every child land here and /metrics sums them.
+        owned_metrics_dir = tempfile.mkdtemp(prefix="relay-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = owned_metrics_dir
+    env["PORT"] = str(settings.port)
+
+    children = {
+        "web": subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, "relay:create_app()"],
+            env=env,
+        ),
+    }
+    if not web_only:
+        children["worker"] = subprocess.Popen([sys.executable, "-m", "relay", "worker"], env=env)
+    log.info("serve_started", port=settings.port, database=_display(settings),
+             target=settings.target, **{f"{k}_pid": p.pid for k, p in children.items()})
+
+    stopping = threading.Event()
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():  # second signal: do not wait any longer
+            for proc in children.values():
+                proc.kill()
+            return
+        stopping.set()
+        log.info("serve_stopping", signal=signal.Signals(signum).name)
+        for proc in children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+
+    code = _wait_any(children, stopping)
+    if not stopping.is_set():
+        log.error("serve_child_exited", child=code[0], returncode=code[1])
+        forward(signal.SIGTERM, None)
+    results = {name: proc.wait() for name, proc in children.items()}
+    if owned_metrics_dir:
+        shutil.rmtree(owned_metrics_dir, ignore_errors=True)
+    log.info("serve_stopped", **{f"{k}_returncode": v for k, v in results.items()})
+    clean = stopping.is_set() and code[0] == "" and all(v == 0 for v in results.values())
+    return 0 if clean else 1
+
+
+def _wait_any(children: dict[str, subprocess.Popen[bytes]],
+              stopping: threading.Event) -> tuple[str, int]:
+    """Block until a signal arrives ("", 0) or a child exits (its name and code)."""
+    while not stopping.is_set():
+        for name, proc in children.items():
+            if (rc := proc.poll()) is not None:
+                return (name, rc) if not stopping.is_set() else ("", 0)
+        stopping.wait(0.2)
+    return "", 0
+
+
+def _display(settings: Settings) -> str:
+    url = settings.database_url
+    return url.split("@", 1)[-1] if "@" in url else url

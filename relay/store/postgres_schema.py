@@ -1,0 +1,95 @@
+"""The PostgreSQL schema as numbered migrations, and the runner that applies them.
+
+Each step runs once, in order, inside one transaction that holds an advisory lock,
+so several relay instances starting at the same moment apply each step exactly
+once and nobody sees a half-built schema. Add a step by appending to
+:data:`MIGRATIONS`; never edit a step that has shipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+#: Advisory lock key (one bigint) held while migrating: "relaymig" in ASCII.
+MIGRATION_LOCK_KEY = 0x72656C61796D6967
+
+#: ``(version, DDL)`` in the order they are applied.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE events (
+            seq BIGSERIAL PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            body BYTEA NOT NULL,
+            status TEXT NOT NULL CHECK (status IN
+                ('pending', 'delivered', 'failed', 'skipped', 'superseded')),
+            received_at BIGINT NOT NULL,
+            object TEXT,
+            entity_id TEXT,
+            object_key TEXT,
+            occurred_at BIGINT,
+            updated_at BIGINT,
+            instance_id TEXT,
+            ord_at BIGINT NOT NULL,
+            ord_upd BIGINT NOT NULL,
+            attempt_count INTEGER NOT NULL DEFAULT 0,
+            retry_step INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at BIGINT,
+            last_error TEXT,
+            delivered_at BIGINT,
+            force BOOLEAN NOT NULL DEFAULT FALSE,
+            lease_owner TEXT,
+            lease_expires_at BIGINT
+        );
+        CREATE INDEX events_due ON events (status, next_attempt_at);
+        CREATE INDEX events_object ON events (object_key, status);
+        CREATE INDEX events_received ON events (received_at);
+        CREATE INDEX events_entity ON events (entity_id);
+        CREATE TABLE attempts (
+            id BIGSERIAL PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            at BIGINT NOT NULL,
+            target TEXT NOT NULL,
+            status_code INTEGER,
+            duration_ms DOUBLE PRECISION NOT NULL,
+            outcome TEXT NOT NULL,
+            error TEXT
+        );
+        CREATE INDEX attempts_event ON attempts (event_id, id);
+        CREATE TABLE workers (id TEXT PRIMARY KEY, last_seen BIGINT NOT NULL);
+        """,
+    ),
+)
+
+
+def apply_migrations(conn: psycopg.Connection[Any]) -> list[int]:
+    """Apply every step not yet recorded, in one transaction; returns the versions applied.
+
+    ``conn`` must not be in autocommit mode: the lock, the DDL and the bookkeeping
+    commit together or not at all.
+    """
+    with conn.transaction():
+        # Taken before the bookkeeping table exists: two instances creating it at
+        # once would otherwise race on the catalog (duplicate pg_type entry).
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS relay_schema_migrations"
+            " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+        )
+        done = {r[0] for r in conn.execute("SELECT version FROM relay_schema_migrations")}
+        applied = []
+        for version, ddl in MIGRATIONS:
+            if version in done:
+                continue
+            conn.execute(ddl)  # no parameters, so several statements are allowed
+            conn.execute(
+                "INSERT INTO relay_schema_migrations (version, applied_at)"
+                " VALUES (%s, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
+                (version,),
+            )
+            applied.append(version)
+    return applied
