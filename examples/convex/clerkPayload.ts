@@ -17,9 +17,10 @@ export const normalizedEvent = v.object({
   type: v.string(),
   occurredAt: v.number(), // ms
   instanceId: v.union(v.string(), v.null()),
-  object: v.string(),
-  entityId: v.string(),
+  object: v.union(v.string(), v.null()), // null when Clerk's data has no `object`
+  entityId: v.union(v.string(), v.null()),
   data: v.any(),
+  eventAttributes: v.optional(v.any()), // only if the relay was asked to include it
 });
 export type NormalizedEvent = Infer<typeof normalizedEvent>;
 

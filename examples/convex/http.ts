@@ -96,19 +96,20 @@ function toEvent(payload: unknown, svixId: string): NormalizedEvent | null {
       type: p.type,
       occurredAt: typeof p.timestamp === "number" ? toMs(p.timestamp) : Date.now(),
       instanceId: typeof p.instance_id === "string" ? p.instance_id : null,
-      object: String(p.data.object ?? ""),
-      entityId: String(p.data.id ?? ""),
+      object: typeof p.data.object === "string" ? p.data.object : null,
+      entityId: typeof p.data.id === "string" ? p.data.id : null,
       data: withoutMetadata(p.data),
     };
   }
-  if (typeof p.entityId === "string" && typeof p.occurredAt === "number") {
+  if ("entityId" in p && typeof p.occurredAt === "number") {
+    // Rebuilt field by field: the mutations' validator rejects unknown fields.
     return {
       id: typeof p.id === "string" ? p.id : svixId,
       type: p.type,
       occurredAt: p.occurredAt,
       instanceId: typeof p.instanceId === "string" ? p.instanceId : null,
-      object: String(p.object ?? ""),
-      entityId: p.entityId,
+      object: typeof p.object === "string" ? p.object : null,
+      entityId: typeof p.entityId === "string" ? p.entityId : null,
       data: p.data,
     };
   }
