@@ -1,0 +1,465 @@
+"""The shared store: PostgreSQL, for several relay instances on several machines.
+
+Connections come from a small pool opened on first use, never at import time or in
+the constructor, because gunicorn forks after loading the app; a pool inherited
+across a fork is abandoned and a new one opened in the child.
+
+Claims must be safe between machines, so they cannot lean on a process lock as
+SQLite does. A claim is one transaction that:
+
+1. selects due, unleased, unblocked candidates ``FOR UPDATE SKIP LOCKED`` (two
+   claimers never lease the same row);
+2. takes a transaction-level advisory lock per candidate's object, skipping
+   candidates whose object another claim is working on right now;
+3. re-checks blocked-ness with a fresh snapshot, because the first snapshot cannot
+   see a lease that another claim had not yet committed (an older event inserted
+   or replayed meanwhile would otherwise be leased beside a newer one);
+4. supersedes stale upserts and leases the rest, then commits (releasing the locks).
+
+Any claim that leases an event of object X holds X's lock until it commits, and
+any later claim re-checks X after taking that lock, so it sees the lease: one
+object is never in flight twice, on any number of workers.
+
+Wake-ups use ``LISTEN/NOTIFY`` on the channel :data:`CHANNEL`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from relay.errors import StoreError
+from relay.models import (
+    PURGEABLE,
+    Attempt,
+    Event,
+    EventFilter,
+    NewEvent,
+    Outcome,
+    Page,
+    Status,
+    is_upsert,
+)
+from relay.store import sql
+from relay.store.postgres_schema import apply_migrations
+
+#: The NOTIFY channel workers LISTEN on.
+CHANNEL = "relay_events"
+#: First key of the two-int advisory locks taken per object during a claim ("RELY").
+OBJECT_LOCK_CLASS = 0x52454C59
+#: Rows per round trip when exporting.
+EXPORT_BATCH = 500
+#: Longest wait between reconnection attempts of a listener, in seconds.
+LISTEN_MAX_BACKOFF_S = 30.0
+#: How often a listener checks its stop flag, in seconds.
+LISTEN_POLL_S = 0.5
+
+_INSERT_COLUMNS = (
+    "id, type, body, status, received_at, object, entity_id, object_key, occurred_at,"
+    " updated_at, instance_id, ord_at, ord_upd"
+)
+
+
+def display_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (in the authority or the query)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if sep else netloc
+    query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class PostgresStore:
+    """Store on a PostgreSQL database; safe for any number of workers and machines."""
+
+    def __init__(self, url: str, *, max_connections: int = 4, timeout_s: float = 10.0) -> None:
+        self._url = url
+        self.url_for_display = display_url(url)
+        self._max_connections = max_connections
+        self._timeout_s = timeout_s
+        self._pool: ConnectionPool | None = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """``postgresql://user:password@host:port/dbname?sslmode=require`` (libpq URL)."""
+        return cls(url)
+
+    # -- connections -----------------------------------------------------------------
+
+    def _get_pool(self) -> ConnectionPool:
+        with self._pool_lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                # A pool from before a fork shares its sockets with the parent: closing
+                # it here would end the parent's sessions, so it is dropped unclosed.
+                self._pool = ConnectionPool(
+                    self._url,
+                    min_size=1,
+                    max_size=self._max_connections,
+                    open=False,
+                    timeout=self._timeout_s,
+                    check=ConnectionPool.check_connection,  # survive server restarts
+                    name="relay-store",
+                )
+                self._pool.open()
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    @contextlib.contextmanager
+    def _tx(self, timeout_s: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """A connection in a transaction that commits on success; errors become StoreError."""
+        try:
+            with self._get_pool().connection(timeout=timeout_s) as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}".strip()) from exc
+
+    def _query(self, statement: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        with self._tx() as conn:
+            return conn.execute(statement, params).fetchall()
+
+    # -- verbs -------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        with self._tx() as conn:
+            apply_migrations(conn)
+
+    def insert(self, event: NewEvent) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"INSERT INTO events ({_INSERT_COLUMNS}, next_attempt_at)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                " ON CONFLICT (id) DO NOTHING",
+                (
+                    *_insert_params(event),
+                    event.received_at_ms if event.status == Status.PENDING else None,
+                ),
+            )
+            return cur.rowcount == 1
+
+    def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
+        blocked = sql.BLOCKED_BY_OLDER.format(now="%(now)s")
+        newer = sql.NEWER_DELIVERED.format(
+            key="e.object_key", ord_at="e.ord_at", ord_upd="e.ord_upd", seq="e.seq"
+        )
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {sql.EVENT_COLUMNS} FROM events e"
+                " WHERE e.status = 'pending' AND e.next_attempt_at <= %(now)s"
+                " AND (e.lease_expires_at IS NULL OR e.lease_expires_at <= %(now)s)"
+                f" AND NOT ({blocked})"
+                " ORDER BY e.next_attempt_at, e.seq LIMIT %(limit)s"
+                " FOR UPDATE OF e SKIP LOCKED",
+                {"now": now_ms, "limit": limit},
+            ).fetchall()
+            candidates = [sql.row_to_event(r) for r in rows]
+            keys = sorted({e.object_key for e in candidates if e.object_key is not None})
+            locked: set[str] = set()
+            if keys:
+                locked = {
+                    k
+                    for (k,) in conn.execute(
+                        "SELECT k FROM unnest(%s::text[]) AS k"
+                        " WHERE pg_try_advisory_xact_lock(%s, hashtext(k))",
+                        (keys, OBJECT_LOCK_CLASS),
+                    )
+                }
+            mine = [e for e in candidates if e.object_key is None or e.object_key in locked]
+            if not mine:
+                return []
+            # A new statement takes a new snapshot: it sees every claim committed before
+            # we took the object locks above.
+            still = dict(
+                conn.execute(
+                    f"SELECT e.seq, ({newer}) FROM events e"
+                    f" WHERE e.seq = ANY(%(seqs)s) AND NOT ({blocked})",
+                    {"seqs": [e.seq for e in mine], "now": now_ms},
+                ).fetchall()
+            )
+            claimed: list[Event] = []
+            for event in mine:
+                if event.seq not in still:
+                    continue
+                newer_id = still[event.seq]
+                if newer_id is not None and is_upsert(event.type) and not event.force:
+                    conn.execute(
+                        "UPDATE events SET status = 'superseded', next_attempt_at = NULL,"
+                        " last_error = %s WHERE seq = %s",
+                        (f"superseded: newer event {newer_id} already delivered", event.seq),
+                    )
+                    continue
+                claimed.append(event)
+            if claimed:
+                conn.execute(
+                    "UPDATE events SET lease_owner = %s, lease_expires_at = %s WHERE seq = ANY(%s)",
+                    (worker_id, now_ms + lease_ms, [e.seq for e in claimed]),
+                )
+        return claimed
+
+    def complete(self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome) -> bool:
+        delivered_at = attempt.at_ms if outcome.status == Status.DELIVERED else None
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                (event_id, *_attempt_params(attempt)),
+            )
+            cur = conn.execute(
+                "UPDATE events SET status = %s, attempt_count = attempt_count + 1,"
+                " retry_step = retry_step + 1, next_attempt_at = %s, last_error = %s,"
+                " delivered_at = COALESCE(%s, delivered_at),"
+                " lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = %s AND lease_owner = %s",
+                (
+                    str(outcome.status),
+                    outcome.next_attempt_at_ms,
+                    outcome.error,
+                    delivered_at,
+                    event_id,
+                    worker_id,
+                ),
+            )
+            return cur.rowcount == 1
+
+    def release(self, event_id: str, worker_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = %s AND lease_owner = %s",
+                (event_id, worker_id),
+            )
+
+    def get(self, event_id: str) -> Event | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE id = %s", (event_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            attempts = conn.execute(
+                f"SELECT {sql.ATTEMPT_COLUMNS} FROM attempts WHERE event_id = %s ORDER BY id",
+                (event_id,),
+            ).fetchall()
+        return sql.row_to_event(row, tuple(map(sql.row_to_attempt, attempts)))
+
+    def list_events(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
+        where, params = sql.filter_clause(flt, "%s")
+        if cursor is not None:
+            where += " AND seq < %s"
+            params.append(sql.decode_cursor(cursor))
+        rows = self._query(
+            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT %s",
+            [*params, limit + 1],
+        )
+        events = [sql.row_to_event(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(events, sql.encode_cursor(events[-1].seq) if more and events else None)
+
+    def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
+        where, params = sql.filter_clause(flt, "%s")
+        rows = self._query(
+            "UPDATE events SET status = 'pending', next_attempt_at = %s, retry_step = 0,"
+            " force = %s, lease_owner = NULL, lease_expires_at = NULL"
+            f" WHERE {where} AND status = ANY(%s)"
+            " AND (lease_expires_at IS NULL OR lease_expires_at <= %s)"
+            " RETURNING id",
+            [now_ms, force, *params, sql.replayable_statuses(flt, force=force), now_ms],
+        )
+        if rows:
+            self.notify()
+        return [r[0] for r in rows]
+
+    def purge(self, *, older_than_ms: int) -> int:
+        statuses = sorted(map(str, PURGEABLE))
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM attempts WHERE event_id IN (SELECT id FROM events"
+                " WHERE received_at < %s AND status = ANY(%s))",
+                (older_than_ms, statuses),
+            )
+            cur = conn.execute(
+                "DELETE FROM events WHERE received_at < %s AND status = ANY(%s)",
+                (older_than_ms, statuses),
+            )
+            return cur.rowcount
+
+    def counts(self) -> dict[str, int]:
+        rows = self._query("SELECT status, count(*) FROM events GROUP BY status")
+        return sql.zero_counts(dict(rows))
+
+    def oldest_pending_ms(self) -> int | None:
+        rows = self._query("SELECT min(received_at) FROM events WHERE status = 'pending'")
+        return rows[0][0] if rows else None
+
+    def heartbeat(self, worker_id: str, *, now_ms: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO workers (id, last_seen) VALUES (%s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+                (worker_id, now_ms),
+            )
+
+    def last_heartbeat_ms(self) -> int | None:
+        rows = self._query("SELECT max(last_seen) FROM workers")
+        return rows[0][0] if rows else None
+
+    def notify(self) -> None:
+        # A short timeout: ingest calls this after committing and must not hang on it.
+        with contextlib.suppress(StoreError), self._tx(timeout_s=1.0) as conn:
+            conn.execute(f"NOTIFY {CHANNEL}")
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+        listener = _Listener(self._url, wake)
+        listener.start(ready_timeout_s=self._timeout_s)
+        self._listeners.append(listener.stop)
+        return listener.stop
+
+    def export(self) -> Iterator[tuple[Event, list[Attempt]]]:
+        # Keyset batches, each in its own short transaction: the caller may take
+        # as long as it likes between items without pinning a connection.
+        after = 0
+        while True:
+            with self._tx() as conn:
+                rows = conn.execute(
+                    f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
+                    (after, EXPORT_BATCH),
+                ).fetchall()
+                attempts: dict[str, list[Attempt]] = {r[0]: [] for r in rows}
+                for a in conn.execute(
+                    f"SELECT event_id, {sql.ATTEMPT_COLUMNS} FROM attempts"
+                    " WHERE event_id = ANY(%s) ORDER BY id",
+                    (list(attempts),),
+                ):
+                    attempts[a[0]].append(sql.row_to_attempt(a[1:]))
+            for row in rows:
+                yield sql.row_to_event(row), attempts[row[0]]
+            if len(rows) < EXPORT_BATCH:
+                return
+            after = rows[-1][1]
+
+    def import_event(self, event: Event, attempts: list[Attempt]) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"INSERT INTO events ({_INSERT_COLUMNS}, attempt_count, retry_step,"
+                " next_attempt_at, last_error, delivered_at, force)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                " ON CONFLICT (id) DO NOTHING",
+                (
+                    *_insert_params(event),
+                    event.attempt_count,
+                    event.retry_step,
+                    event.next_attempt_at_ms,
+                    event.last_error,
+                    event.delivered_at_ms,
+                    event.force,
+                ),
+            )
+            if cur.rowcount != 1:
+                return False
+            with conn.cursor() as many:
+                many.executemany(
+                    f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
+                    " VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                    [(event.id, *_attempt_params(a)) for a in attempts],
+                )
+            return True
+
+    def ping(self) -> None:
+        self._query("SELECT 1")
+
+    def close(self) -> None:
+        for stop in self._listeners:
+            stop()
+        self._listeners.clear()
+        with self._pool_lock:
+            if self._pool is not None and self._pool_pid == os.getpid():
+                self._pool.close()
+            self._pool = None
+
+
+def _insert_params(event: NewEvent | Event) -> tuple[Any, ...]:
+    """Values for :data:`_INSERT_COLUMNS`; the order key defaults as in SQLite."""
+    return (
+        event.id,
+        event.type,
+        event.body,
+        str(event.status),
+        event.received_at_ms,
+        event.object,
+        event.entity_id,
+        event.object_key,
+        event.occurred_at_ms,
+        event.updated_at_ms,
+        event.instance_id,
+        event.occurred_at_ms or event.received_at_ms,
+        event.updated_at_ms or 0,
+    )
+
+
+def _attempt_params(a: Attempt) -> tuple[Any, ...]:
+    return (a.at_ms, a.target, a.status_code, a.duration_ms, a.outcome, a.error)
+
+
+class _Listener:
+    """A daemon thread on its own autocommit connection that LISTENs and calls ``wake``.
+
+    It reconnects with backoff when the connection drops, and wakes once after each
+    reconnection because notifications sent while it was away are lost.
+    """
+
+    def __init__(self, url: str, wake: Callable[[], None]) -> None:
+        self._url = url
+        self._wake = wake
+        self._stopped = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="relay-listen", daemon=True)
+
+    def start(self, *, ready_timeout_s: float) -> None:
+        """Start, and wait (bounded) until LISTEN is in effect so no notify is missed."""
+        self._thread.start()
+        self._ready.wait(ready_timeout_s)
+
+    def stop(self) -> None:
+        """Stop listening; returns within about :data:`LISTEN_POLL_S`."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=LISTEN_POLL_S * 4)
+
+    def _run(self) -> None:
+        backoff_s = 0.5
+        connected_before = False
+        while not self._stopped.is_set():
+            try:
+                with psycopg.connect(
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=10,
+                    keepalives=1,
+                    keepalives_idle=30,
+                    keepalives_interval=10,
+                    keepalives_count=3,  # notice a silently dead peer in about a minute
+                ) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._ready.set()
+                    if connected_before:
+                        self._wake()
+                    connected_before, backoff_s = True, 0.5
+                    while not self._stopped.is_set():
+                        for _ in conn.notifies(timeout=LISTEN_POLL_S):
+                            self._wake()
+            except psycopg.Error:
+                self._stopped.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, LISTEN_MAX_BACKOFF_S)
