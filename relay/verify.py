@@ -35,8 +35,11 @@ class SvixHeaders:
 def read_headers(headers: Mapping[str, str]) -> SvixHeaders:
     """Extract and sanity-check the headers; 400 if missing or malformed."""
 
+    # HTTP header names are case-insensitive; a plain dict of Flask's headers is not.
+    lowered = {k.lower(): v for k, v in headers.items()}
+
     def get(name: str) -> str:
-        value = headers.get(f"svix-{name}") or headers.get(f"webhook-{name}") or ""
+        value = lowered.get(f"svix-{name}") or lowered.get(f"webhook-{name}") or ""
         return value.strip()
 
     msg_id, ts, sig = get("id"), get("timestamp"), get("signature")
