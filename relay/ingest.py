@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 from flask import Blueprint, Response, g, jsonify, request
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from relay import metrics
 from relay.errors import BadRequest, HTTPError, PayloadTooLarge, StoreError, StoreUnavailable
@@ -103,7 +103,7 @@ def _initial_status(settings: Settings, event_type: str) -> Status:
 @retry(
     retry=retry_if_exception_type(StoreError),
     stop=stop_after_attempt(3),
-    wait=wait_exponential_jitter(initial=0.05, max=0.5),
+    wait=wait_random_exponential(multiplier=0.05, max=0.5),
     reraise=True,
 )
 def _insert(store: Store, event: NewEvent) -> bool:

@@ -1,0 +1,58 @@
+"""Shared fixtures: a real SQLite store, settings, the app, and the Convex stand-in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from relay import create_app
+from relay.settings import Settings
+from relay.store.sqlite import SQLiteStore
+
+from .convex_standin import ConvexStandIn
+from .factories import FORWARD_SECRET, SECRET
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'relay.db'}"
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return Settings(
+        webhook_secrets=(SECRET,),
+        convex_site_url="http://127.0.0.1:9",
+        forward_secret=FORWARD_SECRET,
+        database_url=db_url,
+        log_format="json",
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> Flask:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[SQLiteStore]:
+    s = SQLiteStore.from_url(db_url)
+    s.migrate()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def convex() -> Iterator[ConvexStandIn]:
+    """A loopback Convex whose HTTP action verifies with the relay's forward secret."""
+    with ConvexStandIn(FORWARD_SECRET).running() as standin:
+        yield standin

@@ -1,0 +1,198 @@
+"""Ingest through the Flask app on a real SQLite file: status codes, bodies, durability."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from relay import create_app
+from relay.models import Status
+from relay.settings import Settings
+from relay.store.sqlite import SQLiteStore
+
+from .factories import SECOND_SECRET, SECRET, fixture_paths, make_envelope, signed_headers
+
+
+def post(
+    client: FlaskClient,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    path: str = "/webhooks/clerk",
+) -> tuple[int, dict[str, object]]:
+    resp = client.post(
+        path, data=body, headers=headers if headers is not None else signed_headers(body)
+    )
+    return resp.status_code, resp.get_json()
+
+
+@pytest.mark.parametrize("fixture", fixture_paths(), ids=lambda p: p.stem)
+def test_every_clerk_fixture_is_accepted_and_stored_byte_for_byte(
+    client: FlaskClient, store: SQLiteStore, fixture: Path
+) -> None:
+    """Each Clerk example payload is acknowledged and stored exactly as received."""
+    body = fixture.read_bytes()
+    headers = signed_headers(body)
+    status, reply = post(client, body, headers)
+    assert status == 200
+    assert reply == {"status": "accepted", "id": headers["svix-id"]}
+    event = store.get(headers["svix-id"])
+    assert event is not None and event.body == body
+    assert event.type == json.loads(body)["type"]
+
+
+@pytest.mark.parametrize("path", ["/webhooks/clerk", "/clerk-users-webhook"])
+def test_both_paths_are_the_same_endpoint(client: FlaskClient, path: str) -> None:
+    """Convex's documented path works as an alias."""
+    body = json.dumps(make_envelope("user.created")).encode()
+    assert post(client, body, path=path)[0] == 200
+
+
+def test_duplicate_svix_id_is_acknowledged_once(client: FlaskClient, store: SQLiteStore) -> None:
+    """A redelivery with the same svix-id answers duplicate and stores nothing new."""
+    body = json.dumps(make_envelope("user.created")).encode()
+    headers = signed_headers(body, msg_id="msg_dupe")
+    assert post(client, body, headers) == (200, {"status": "accepted", "id": "msg_dupe"})
+    assert post(client, body, signed_headers(body, msg_id="msg_dupe")) == (
+        200,
+        {"status": "duplicate", "id": "msg_dupe"},
+    )
+    assert store.counts()["pending"] == 1
+
+
+def test_second_secret_verifies(client: FlaskClient, settings: Settings, db_url: str) -> None:
+    """An app configured with two secrets accepts deliveries signed by the second."""
+    app = create_app(settings.with_overrides(webhook_secrets=(SECRET, SECOND_SECRET)))
+    body = json.dumps(make_envelope("user.created")).encode()
+    assert post(app.test_client(), body, signed_headers(body, secret=SECOND_SECRET))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "headers_kw", "status", "error"),
+    [
+        (b'{"type":"user.created"}', {"secret": SECOND_SECRET}, 401, "bad_signature"),
+        (b"not json", {}, 400, "bad_body"),
+        (b"[1,2]", {}, 400, "bad_body"),
+        (b'{"data":{}}', {}, 400, "bad_body"),
+        (b'{"type":42}', {}, 400, "bad_body"),
+        (b'{"type":""}', {}, 400, "bad_body"),
+    ],
+    ids=["wrong-secret", "not-json", "array", "no-type", "numeric-type", "empty-type"],
+)
+def test_bad_requests_get_json_errors(
+    client: FlaskClient,
+    store: SQLiteStore,
+    body: bytes,
+    headers_kw: dict[str, str],
+    status: int,
+    error: str,
+) -> None:
+    """Invalid input is a 4xx JSON error and nothing is stored."""
+    code, reply = post(client, body, signed_headers(body, **headers_kw))
+    assert (code, reply["error"]) == (status, error)
+    assert isinstance(reply["detail"], str) and reply["detail"]
+    assert sum(store.counts().values()) == 0
+
+
+def test_missing_headers_are_400(client: FlaskClient) -> None:
+    """No svix headers at all is a 400 naming them."""
+    code, reply = post(client, b'{"type":"user.created"}', {})
+    assert code == 400 and "svix-id" in str(reply["detail"])
+
+
+def test_tampered_body_is_401(client: FlaskClient) -> None:
+    """Changing the body after signing is caught on the raw bytes."""
+    body = b'{"type":"user.created","data":{"id":"user_1"}}'
+    headers = signed_headers(body)
+    code, _ = post(client, body.replace(b"user_1", b"user_9"), headers)
+    assert code == 401
+
+
+def test_body_over_limit_is_413(settings: Settings) -> None:
+    """A body over RELAY_MAX_BODY is refused with 413 JSON before verification."""
+    app = create_app(settings.with_overrides(max_body_bytes=1024))
+    body = json.dumps(make_envelope("user.created", pad="x" * 2000)).encode()
+    code, reply = post(app.test_client(), body)
+    assert code == 413 and reply["error"] == "payload_too_large"
+
+
+def test_unknown_event_type_is_accepted(client: FlaskClient, store: SQLiteStore) -> None:
+    """Types Clerk adds later are acknowledged and stored, not rejected."""
+    body = json.dumps(make_envelope("billingWidget.exploded")).encode()
+    headers = signed_headers(body)
+    assert post(client, body, headers)[0] == 200
+    assert store.get(headers["svix-id"]) is not None
+
+
+def test_unrouted_type_is_stored_skipped_on_mutation_target(
+    settings: Settings, store: SQLiteStore
+) -> None:
+    """With the template's routes, session events are kept but marked skipped."""
+    app = create_app(
+        settings.with_overrides(
+            target="mutation", convex_url="https://x.convex.cloud", convex_deploy_key="prod:x|y"
+        )
+    )
+    body = json.dumps(make_envelope("session.created", entity_id="sess_1")).encode()
+    headers = signed_headers(body)
+    assert post(app.test_client(), body, headers)[0] == 200
+    event = store.get(headers["svix-id"])
+    assert event is not None and event.status == Status.SKIPPED
+
+
+def test_relay_events_filter_marks_others_skipped(settings: Settings, store: SQLiteStore) -> None:
+    """RELAY_EVENTS globs decide what is delivered; the rest is stored as skipped."""
+    app = create_app(settings.with_overrides(events=("user.*",)))
+    body = json.dumps(make_envelope("organization.created", entity_id="org_1")).encode()
+    headers = signed_headers(body)
+    post(app.test_client(), body, headers)
+    event = store.get(headers["svix-id"])
+    assert event is not None and event.status == Status.SKIPPED
+
+
+def test_store_failure_is_503_and_nothing_acknowledged(settings: Settings, tmp_path: Path) -> None:
+    """A database that cannot be written gives 503 JSON, never 500 or 200."""
+    db_dir = tmp_path / "ro"
+    db_dir.mkdir()
+    db = db_dir / "relay.db"
+    app = create_app(settings.with_overrides(database_url=f"sqlite:///{db}"))
+    client = app.test_client()
+    body = json.dumps(make_envelope("user.created")).encode()
+    assert post(client, body)[0] == 200  # store opened and migrated
+    # Every later insert fails the way a full disk does (SQLITE_FULL's message).
+    store = SQLiteStore(db)
+    store._conn().execute(
+        "CREATE TRIGGER no_more BEFORE INSERT ON events "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    store.close()
+    body2 = json.dumps(make_envelope("user.updated")).encode()
+    code, reply = post(client, body2)
+    assert code == 503 and reply["error"] == "store_unavailable"
+    assert "Traceback" not in json.dumps(reply)
+    assert SQLiteStore(db).counts()["pending"] == 1
+
+
+def test_errors_are_json_everywhere(client: FlaskClient) -> None:
+    """404 and 405 are JSON like every other error."""
+    r404 = client.get("/no/such/page")
+    r405 = client.get("/webhooks/clerk")
+    assert r404.status_code == 404 and r404.get_json()["error"] == "not_found"
+    assert r405.status_code == 405 and r405.get_json()["error"] == "method_not_allowed"
+
+
+def test_acknowledged_event_is_committed_for_other_connections(
+    client: FlaskClient, db_url: str
+) -> None:
+    """By the time the 200 is sent, another connection sees the row (no open transaction)."""
+    import sqlite3
+
+    body = json.dumps(make_envelope("user.created")).encode()
+    headers = signed_headers(body)
+    post(client, body, headers)
+    conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    rows = conn.execute("SELECT id FROM events").fetchall()
+    conn.close()
+    assert rows == [(headers["svix-id"],)]

@@ -1,0 +1,158 @@
+"""Settings: every variable parsed once, bad values named with an example."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.errors import ConfigError
+from relay.settings import DEFAULT_RETRY_SCHEDULE_S, Route, Settings, parse_duration_s, parse_size
+
+from .factories import SECOND_SECRET, SECRET
+
+BASE = {"CLERK_WEBHOOK_SECRET": SECRET, "CONVEX_SITE_URL": "https://happy-otter-123.convex.site"}
+
+
+def parse(**env: str) -> Settings:
+    return Settings.from_env({**BASE, **env}, dotenv=False)
+
+
+def test_defaults_follow_the_contract() -> None:
+    """Unset variables take the contract's defaults."""
+    s = parse()
+    assert s.target == "http-action"
+    assert s.forward_secret == SECRET
+    assert s.payload == "raw"
+    assert s.database_url == "sqlite:///data/relay.db"
+    assert s.delivery_timeout_s == 10.0
+    assert s.concurrency == 4
+    assert s.max_body_bytes == 1024 * 1024
+    assert s.port == 8000
+    assert s.retry_schedule_s == DEFAULT_RETRY_SCHEDULE_S
+    assert s.route_for("user.created") == "users:upsertFromClerk"
+    assert s.route_for("user.deleted") == "users:deleteFromClerk"
+    assert s.route_for("session.created") is None
+    assert s.admin_token is None
+
+
+def test_several_secrets_split_on_spaces_and_commas() -> None:
+    """CLERK_WEBHOOK_SECRET may hold several secrets for rotation."""
+    s = parse(CLERK_WEBHOOK_SECRET=f"{SECRET}, {SECOND_SECRET}")
+    assert s.webhook_secrets == (SECRET, SECOND_SECRET)
+
+
+def test_target_falls_back_to_mutation_with_convex_url() -> None:
+    """With only CONVEX_URL set the target is the function API."""
+    s = Settings.from_env(
+        {
+            "CLERK_WEBHOOK_SECRET": SECRET,
+            "CONVEX_URL": "https://x.convex.cloud",
+            "CONVEX_DEPLOY_KEY": "prod:x|y",
+        },
+        dotenv=False,
+    )
+    assert s.target == "mutation"
+    assert s.target_url == "https://x.convex.cloud/api/mutation"
+    s.require_delivery()
+
+
+def test_no_target_is_a_start_up_error_for_delivery() -> None:
+    """Neither Convex URL configured: delivery refuses to start, naming the variables."""
+    s = Settings.from_env({"CLERK_WEBHOOK_SECRET": SECRET}, dotenv=False)
+    with pytest.raises(ConfigError, match="CONVEX_SITE_URL"):
+        s.require_delivery()
+
+
+def test_mutation_target_needs_deploy_key() -> None:
+    """RELAY_TARGET=mutation without CONVEX_DEPLOY_KEY is refused."""
+    s = parse(RELAY_TARGET="mutation", CONVEX_URL="https://x.convex.cloud")
+    with pytest.raises(ConfigError, match="CONVEX_DEPLOY_KEY"):
+        s.require_delivery()
+
+
+def test_missing_secret_names_variable_and_example() -> None:
+    """Ingest without a signing secret explains where to find one."""
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({}, dotenv=False).require_ingest()
+    assert err.value.variable == "CLERK_WEBHOOK_SECRET"
+    assert "whsec_" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CLERK_WEBHOOK_SECRET", "not-a-secret"),
+        ("CONVEX_SITE_URL", "happy-otter.convex.site"),
+        ("RELAY_TARGET", "carrier-pigeon"),
+        ("RELAY_PAYLOAD", "xml"),
+        ("RELAY_ROUTES", "user.created"),
+        ("RELAY_ROUTES", "user.created=not a function"),
+        ("RELAY_DATABASE_URL", "mysql://x"),
+        ("RELAY_DELIVERY_TIMEOUT", "soon"),
+        ("RELAY_DELIVERY_TIMEOUT", "0s"),
+        ("RELAY_RETRY_SCHEDULE", "5s,later"),
+        ("RELAY_CONCURRENCY", "0"),
+        ("RELAY_CONCURRENCY", "many"),
+        ("RELAY_ADMIN_TOKEN", "short"),
+        ("RELAY_MAX_BODY", "1 parsec"),
+        ("RELAY_INCLUDE", "passwords"),
+        ("PORT", "99999"),
+        ("LOG_LEVEL", "loud"),
+        ("LOG_FORMAT", "xml"),
+        ("RELAY_FORWARD_SECRET", "secret"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    """Each invalid value raises ConfigError naming its variable, with an example."""
+    with pytest.raises(ConfigError) as err:
+        parse(**{name: value})
+    assert err.value.variable == name
+    assert err.value.example
+
+
+def test_secrets_are_not_in_repr() -> None:
+    """repr(settings) never shows a secret, key or token."""
+    s = parse(CONVEX_DEPLOY_KEY="prod:x|supersecretkey", RELAY_ADMIN_TOKEN="a" * 32)
+    text = repr(s)
+    assert SECRET not in text and "supersecretkey" not in text and "a" * 32 not in text
+
+
+def test_routes_with_globs() -> None:
+    """RELAY_ROUTES maps globs to functions, first match wins."""
+    s = parse(RELAY_ROUTES="organization.*=orgs:sync; user.*=users:apply")
+    assert s.routes == (Route(("organization.*",), "orgs:sync"), Route(("user.*",), "users:apply"))
+    assert s.route_for("organization.deleted") == "orgs:sync"
+    assert s.route_for("session.created") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("10s", 10), ("2m", 120), ("1h", 3600), ("3d", 259200), ("7", 7)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    """Durations accept ms, s, m, h, d and bare seconds."""
+    assert parse_duration_s("X", text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("1MiB", 1048576), ("512KiB", 524288), ("100", 100)])
+def test_sizes(text: str, size: int) -> None:
+    """Sizes accept KiB and MiB."""
+    assert parse_size("X", text) == size
+
+
+def test_issuer_falls_back_to_next_public_variable() -> None:
+    """CLERK_ISSUER_URL defaults to NEXT_PUBLIC_CLERK_FRONTEND_API_URL."""
+    s = parse(NEXT_PUBLIC_CLERK_FRONTEND_API_URL="https://verb-noun-00.clerk.accounts.dev/")
+    assert s.issuer_url == "https://verb-noun-00.clerk.accounts.dev"
+
+
+def test_dotenv_file_is_read(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .env file in the working directory supplies variables the environment lacks."""
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    (tmp_path / ".env").write_text(f"CLERK_WEBHOOK_SECRET={SECRET}\nRELAY_CONCURRENCY=9\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLERK_WEBHOOK_SECRET", raising=False)
+    monkeypatch.setenv("RELAY_CONCURRENCY", "3")  # the real environment wins
+    s = Settings.from_env()
+    assert s.webhook_secrets == (SECRET,) and s.concurrency == 3
