@@ -38,7 +38,7 @@ export class FunctionsFolder {
   constructor(root: string) {
     this.root = resolve(root);
     for (const file of sourceFiles(this.root)) {
-      const name = relative(this.root, file).replace(/\.[^.]+$/, "").split("\\").join("/");
+      const name = relative(this.root, file).replace(/\.[^.]+$/, "");
       this.modules[file] = () => this.load(name, file);
     }
     if (!Object.keys(this.modules).some((path) => path.includes("_generated"))) {

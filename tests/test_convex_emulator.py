@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from relay.normalize import normalize_event
 from tests.convex_emulator import (
     ADMIN_KEY,
     FORWARD_SECRET,
@@ -330,3 +331,27 @@ def test_official_template_fails_on_dollar_metadata(
     event = user_event("user.created", public_metadata={"$plan": 1})
     assert deliver(official_convex_emulator, copy.deepcopy(event)).status_code == 500
     assert official_convex_emulator.tables("users") == []
+
+
+# -- the relay's real normalized events -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fixture", "function", "table"),
+    [
+        ("user.created", "users:upsertFromClerk", "users"),
+        ("organization.created", "orgs:upsertOrganization", "organizations"),
+        ("organizationMembership.created", "orgs:upsertMembership", "memberships"),
+    ],
+)
+def test_relay_normalized_events_are_accepted(
+    convex_emulator: ConvexEmulator, fixture: str, function: str, table: str
+) -> None:
+    """relay.normalize's output passes the mutations' validator and stores a row."""
+    event = normalize_event(clerk_fixture(fixture), event_id=f"msg_{fixture}")
+    assert convex_emulator.mutation(function, {"event": event}) == {
+        "status": "success",
+        "value": "inserted",
+    }
+    [row] = convex_emulator.tables(table)
+    assert row["externalId"] == event["entityId"]

@@ -111,6 +111,11 @@ export function versionOf(event: Incoming, now: number): number {
   return num(event.data, "updated_at") ?? event.occurredAt ?? now;
 }
 
+/** When a deletion happened: the event's time if known, else now. */
+export function deletedAt(event: Incoming, now: number): number {
+  return event.occurredAt ?? now;
+}
+
 /** The entity id an event is about; an event without one cannot be applied. */
 export function requireId(id: string | null, what: string): string {
   if (id === null || id === "") {

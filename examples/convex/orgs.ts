@@ -12,6 +12,7 @@
  */
 import { internalMutation } from "./_generated/server";
 import {
+  deletedAt,
   incoming,
   obj,
   outcome,
@@ -19,7 +20,6 @@ import {
   str,
   syncArgs,
   versionOf,
-  type Incoming,
 } from "./clerkPayload";
 import { claimEvent, deleteSynced, isDeleted, upsertSynced } from "./sync";
 
@@ -54,7 +54,7 @@ export const deleteOrganization = internalMutation({
       .withIndex("byOrgId", (q) => q.eq("orgId", orgId))
       .collect();
     await Promise.all(memberships.map((m) => ctx.db.delete(m._id)));
-    return await deleteSynced(ctx, "organizations", "organization", orgId, deletedAt(event));
+    return await deleteSynced(ctx, "organizations", "organization", orgId, deletedAt(event, Date.now()));
   },
 });
 
@@ -90,10 +90,6 @@ export const deleteMembership = internalMutation({
     const event = incoming(args);
     if (!(await claimEvent(ctx, event, "organizationMembership.deleted"))) return "duplicate";
     const id = requireId(event.entityId, "orgs:deleteMembership");
-    return await deleteSynced(ctx, "memberships", "membership", id, deletedAt(event));
+    return await deleteSynced(ctx, "memberships", "membership", id, deletedAt(event, Date.now()));
   },
 });
-
-function deletedAt(event: Incoming): number {
-  return event.occurredAt ?? Date.now();
-}

@@ -7,6 +7,7 @@ import { v } from "convex/values";
 import { internalMutation, query, type QueryCtx } from "./_generated/server";
 import {
   arr,
+  deletedAt,
   incoming,
   outcome,
   requireId,
@@ -49,7 +50,7 @@ export const deleteFromClerk = internalMutation({
       .withIndex("byUserId", (q) => q.eq("userId", userId))
       .collect();
     await Promise.all(memberships.map((m) => ctx.db.delete(m._id)));
-    return await deleteSynced(ctx, "users", "user", userId, event.occurredAt ?? Date.now());
+    return await deleteSynced(ctx, "users", "user", userId, deletedAt(event, Date.now()));
   },
 });
 

@@ -3,6 +3,7 @@
 import type { ApiFromModules, FilterApi, FunctionReference } from "convex/server";
 import type * as clerkPayload from "../clerkPayload.js";
 import type * as http from "../http.js";
+import type * as lib_escaping from "../lib/escaping.js";
 import type * as orgs from "../orgs.js";
 import type * as sync from "../sync.js";
 import type * as users from "../users.js";
@@ -10,6 +11,7 @@ import type * as users from "../users.js";
 declare const fullApi: ApiFromModules<{
   clerkPayload: typeof clerkPayload;
   http: typeof http;
+  "lib/escaping": typeof lib_escaping;
   orgs: typeof orgs;
   sync: typeof sync;
   users: typeof users;
