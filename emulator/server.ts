@@ -2,7 +2,7 @@
  * A local stand-in for a Convex deployment, for the relay's end-to-end tests.
  *
  *   cd emulator && node --import tsx server.ts [--port N] [--host H]
- *        [--functions DIR] [--admin-key KEY] [--env KEY=VALUE]...
+ *        [--functions DIR] [--admin-key KEY] [--env KEY=VALUE]... [--exit-with-stdin]
  *
  * (`--import tsx` is resolved from the working directory, hence the cd; or use
  * `npm --prefix emulator start -- ...`.)
@@ -33,6 +33,7 @@ const { values: options } = parseArgs({
     functions: { type: "string", default: resolve(import.meta.dirname, "../examples/convex") },
     "admin-key": { type: "string", default: "emulator-admin-key" },
     env: { type: "string", multiple: true, default: [] },
+    "exit-with-stdin": { type: "boolean", default: false },
   },
 });
 
@@ -60,7 +61,9 @@ server.listen(Number(options.port), options.host, () => {
   const address = server.address();
   console.log(`listening on ${typeof address === "object" && address !== null ? address.port : options.port}`);
 });
-for (const signal of ["SIGTERM", "SIGINT"] as const) process.on(signal, () => server.close(() => process.exit(0)));
+for (const signal of ["SIGTERM", "SIGINT"] as const) process.on(signal, () => process.exit(0));
+// A test runner that dies without cleaning up closes our stdin: do not linger.
+if (options["exit-with-stdin"]) process.stdin.on("close", () => process.exit(0)).resume();
 
 async function handle(req: IncomingMessage, res: ServerResponse) {
   const url = new URL(req.url ?? "/", "http://emulator");

@@ -80,6 +80,7 @@ class ConvexEmulator:
             str(self.functions_dir.resolve()),
             "--admin-key",
             self.admin_key,
+            "--exit-with-stdin",  # so a killed test run leaves no node behind
         ]
         for key, value in self.env.items():
             argv += ["--env", f"{key}={value}"]
@@ -89,6 +90,7 @@ class ConvexEmulator:
             self._process = subprocess.Popen(
                 argv,
                 cwd=EMULATOR_DIR,
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={
@@ -111,6 +113,8 @@ class ConvexEmulator:
     def stop(self) -> None:
         """Terminate the node process (idempotent); the log file is kept for debugging."""
         if self._process is not None and self._process.poll() is None:
+            if self._process.stdin is not None:
+                self._process.stdin.close()
             self._process.terminate()
             try:
                 self._process.wait(timeout=5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -181,6 +182,19 @@ def test_organization_and_membership_sync(convex_emulator: ConvexEmulator) -> No
     assert late.status_code == 200
     assert convex_emulator.tables("organizations") == []
     assert convex_emulator.tables("memberships") == []
+
+
+def test_parallel_deliveries_all_land(convex_emulator: ConvexEmulator) -> None:
+    """Concurrent deliveries for different users (as the relay's workers send) all apply."""
+    events = [
+        make_envelope("user.created", entity_id=f"user_{n}", first_name=f"U{n}") for n in range(12)
+    ]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        replies = list(pool.map(lambda event: deliver(convex_emulator, event), events))
+    assert [r.status_code for r in replies] == [200] * 12
+    assert sorted(u["externalId"] for u in convex_emulator.tables("users")) == sorted(
+        f"user_{n}" for n in range(12)
+    )
 
 
 # -- function API (examples/convex) ---------------------------------------------
