@@ -41,7 +41,11 @@ const { values: options } = parseArgs({
 const folder = new FunctionsFolder(resolve(process.env.INIT_CWD ?? process.cwd(), options.functions!));
 const schema = await folder.schema();
 const adminKey = withoutKeyPrefix(options["admin-key"]!);
-for (const pair of options.env!) setEnv(pair.slice(0, pair.indexOf("=")), pair.slice(pair.indexOf("=") + 1));
+for (const pair of options.env!) {
+  const eq = pair.indexOf("=");
+  if (eq < 1) throw new Error(`--env expects KEY=VALUE, got ${JSON.stringify(pair)}`);
+  setEnv(pair.slice(0, eq), pair.slice(eq + 1));
+}
 
 // Convex functions read process.env directly; the emulator is one deployment.
 function setEnv(key: string, value: string | null) {
