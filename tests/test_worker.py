@@ -1,0 +1,402 @@
+"""The worker against a real loopback Convex: outcomes, retries, re-signing, ordering."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from structlog.testing import capture_logs
+from svix.webhooks import Webhook
+
+from relay.models import Status
+from relay.settings import Settings
+from relay.store.sqlite import SQLiteStore
+from relay.worker import Worker
+
+from .convex_standin import ConvexStandIn
+from .factories import FORWARD_SECRET, SECRET, make_event
+
+KEY = "prod:standin|key"
+
+
+class Clock:
+    """A settable clock so retries come due without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_worker(
+    settings: Settings,
+    store: SQLiteStore,
+    convex: ConvexStandIn,
+    *,
+    clock: Clock | None = None,
+    **overrides: object,
+) -> Worker:
+    fields: dict[str, object] = {
+        "convex_site_url": convex.url,
+        "retry_schedule_s": (5.0, 60.0),
+        "delivery_timeout_s": 2.0,
+        **overrides,
+    }
+    s = settings.with_overrides(**fields)
+    return Worker(s, store, clock=clock or Clock(), rng=random.Random(1))
+
+
+def mutation_worker(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn, **overrides: object
+) -> Worker:
+    return make_worker(
+        settings,
+        store,
+        convex,
+        target="mutation",
+        convex_url=convex.url,
+        convex_deploy_key=KEY,
+        **overrides,
+    )
+
+
+def test_http_action_gets_original_bytes_id_and_fresh_signature(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """The HTTP action receives Clerk's body unchanged, Clerk's svix-id, and a new signature."""
+    event = make_event("user.created", event_id="msg_orig")
+    store.insert(event)
+    assert make_worker(settings, store, convex).run_once() == 1
+    [got] = convex.received
+    assert got.status == 200 and got.body == event.body
+    assert got.headers["svix-id"] == "msg_orig"
+    # The signature is by the forward secret, made now, not Clerk's original.
+    Webhook(FORWARD_SECRET).verify(got.body, got.headers)
+    assert abs(int(got.headers["svix-timestamp"]) - datetime.now(UTC).timestamp()) < 60
+    stored = store.get("msg_orig")
+    assert stored is not None and stored.status == Status.DELIVERED
+
+
+def test_event_days_old_is_accepted_by_convex(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """An event received three days ago still passes Convex's 5-minute svix check."""
+    three_days_ms = 3 * 86400 * 1000
+    old = make_event(
+        "user.created",
+        event_id="msg_old",
+        received_at_ms=int(datetime.now(UTC).timestamp() * 1000) - three_days_ms,
+    )
+    store.insert(old)
+    make_worker(settings, store, convex).run_once()
+    assert convex.received[0].status == 200
+    assert convex.delivered == ["msg_old"]
+
+
+def test_every_attempt_is_signed_at_its_own_time(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """A retry carries the worker's clock at send time and a signature over it."""
+    clock = Clock()
+    event = make_event("user.created", event_id="msg_late")
+    store.insert(event)
+    convex.fail_next(1, 503)
+    worker = make_worker(settings, store, convex, clock=clock)
+    worker.run_once()
+    clock.now += 86400
+    worker.run_once()
+    first, second = convex.received
+    assert int(second.headers["svix-timestamp"]) == int(clock.now)
+    expected = Webhook(FORWARD_SECRET).sign(
+        "msg_late", datetime.fromtimestamp(int(clock.now), UTC), event.body.decode()
+    )
+    assert second.headers["svix-signature"] == expected != first.headers["svix-signature"]
+
+
+def test_retry_then_deliver_logs_every_attempt(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """503 then 200: two attempts in the log, delivered, next attempt was scheduled."""
+    clock = Clock()
+    store.insert(make_event(event_id="msg_1"))
+    convex.fail_next(1, 503)
+    worker = make_worker(settings, store, convex, clock=clock)
+    worker.run_once()
+    pending = store.get("msg_1")
+    assert pending is not None and pending.status == Status.PENDING
+    assert pending.next_attempt_at_ms is not None
+    assert pending.next_attempt_at_ms >= int(clock.now * 1000) + 5000
+    assert worker.run_once() == 0  # not due yet
+    clock.now += 6.1
+    assert worker.run_once() == 1
+    done = store.get("msg_1")
+    assert done is not None and done.status == Status.DELIVERED
+    assert [a.status_code for a in done.attempts] == [503, 200]
+    assert done.attempts[0].outcome == "retry" and "503" in (done.attempts[0].error or "")
+
+
+def test_retry_after_is_honoured(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """429 with Retry-After: 120 schedules the next attempt no sooner than 120 s."""
+    clock = Clock()
+    store.insert(make_event(event_id="msg_1"))
+    convex.fail_next(1, 429, retry_after="120")
+    make_worker(settings, store, convex, clock=clock).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.next_attempt_at_ms is not None
+    assert event.next_attempt_at_ms >= int(clock.now * 1000) + 120_000
+
+
+def test_exhausted_retries_fail_with_last_reason(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """After the schedule runs out the event is failed and says why."""
+    clock = Clock()
+    store.insert(make_event(event_id="msg_1"))
+    convex.fail_next(3, 502)
+    worker = make_worker(settings, store, convex, clock=clock)
+    for _ in range(3):
+        worker.run_once()
+        clock.now += 100
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.FAILED
+    assert event.last_error is not None and event.last_error.startswith("retries exhausted")
+    assert len(event.attempts) == 3
+
+
+def test_4xx_fails_at_once(settings: Settings, store: SQLiteStore, convex: ConvexStandIn) -> None:
+    """A 400 from the HTTP action will not get better by retrying: failed immediately."""
+    store.insert(make_event(event_id="msg_1"))
+    convex.fail_next(1, 400, body={"error": "Error occured"})
+    make_worker(settings, store, convex).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.FAILED
+    assert event.last_error == "HTTP 400 rejected: Error occured"
+
+
+def test_wrong_forward_secret_is_refused_by_convex(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """Signing with a secret Convex does not know fails visibly instead of looping."""
+    store.insert(make_event(event_id="msg_1"))
+    make_worker(settings, store, convex, forward_secret=SECRET).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.FAILED
+    assert convex.received[0].status == 400
+
+
+def test_timeout_is_retried(settings: Settings, store: SQLiteStore, convex: ConvexStandIn) -> None:
+    """A Convex that does not answer within the attempt timeout is retried."""
+    store.insert(make_event(event_id="msg_1"))
+    convex.script.hang_s = 1.5
+    make_worker(settings, store, convex, delivery_timeout_s=0.3).run_once()
+    convex.script.hang_s = 0
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.PENDING
+    assert event.attempts[0].error == "timed out"
+
+
+def test_connection_refused_is_retried(settings: Settings, store: SQLiteStore) -> None:
+    """Convex down (nothing listening) is a retry, not a failure."""
+    store.insert(make_event(event_id="msg_1"))
+    s = settings.with_overrides(convex_site_url="http://127.0.0.1:9", retry_schedule_s=(5.0,))
+    Worker(s, store, rng=random.Random(1)).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.PENDING
+    assert event.last_error == "connection failed"
+
+
+def test_mutation_target_uses_template_routes_and_deploy_key(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """user.created -> users:upsertFromClerk {data}; user.deleted -> deleteFromClerk."""
+    store.insert(make_event("user.created", event_id="msg_c", entity_id="user_9", timestamp=1))
+    store.insert(make_event("user.deleted", event_id="msg_d", entity_id="user_9", timestamp=2))
+    worker = mutation_worker(settings, store, convex)
+    worker.run_once()
+    worker.run_once()
+    create, delete = (r.json() for r in convex.received)
+    assert create["path"] == "users:upsertFromClerk" and create["format"] == "json"
+    assert create["args"]["data"]["id"] == "user_9"
+    assert delete == {
+        "path": "users:deleteFromClerk",
+        "args": {"clerkUserId": "user_9"},
+        "format": "json",
+    }
+    assert convex.received[0].headers["authorization"] == f"Convex {KEY}"
+
+
+def test_function_error_in_200_is_a_failure(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """A 200 carrying {"status": "error"} fails the event with Convex's message."""
+    store.insert(make_event("user.created", event_id="msg_1"))
+    convex.function_error_next(1, "Uncaught Error: users table is on fire")
+    mutation_worker(settings, store, convex).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.FAILED
+    assert "users table is on fire" in (event.last_error or "")
+
+
+def test_wrong_deploy_key_fails(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """401 BadAdminKey is a configuration error: failed, reason kept."""
+    store.insert(make_event("user.created", event_id="msg_1"))
+    make_worker(
+        settings,
+        store,
+        convex,
+        target="mutation",
+        convex_url=convex.url,
+        convex_deploy_key="prod:wrong|key",
+    ).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.FAILED
+    assert "admin key was invalid" in (event.last_error or "")
+
+
+def test_unrouted_type_is_skipped_by_worker(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """An event with no route (e.g. stored before routes changed) ends skipped, unsent."""
+    store.insert(make_event("session.created", event_id="msg_1", entity_id="sess_1"))
+    mutation_worker(settings, store, convex).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.SKIPPED
+    assert convex.received == []
+
+
+def test_normalized_mutation_sends_event_args(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """RELAY_PAYLOAD=normalized sends {event: <normalized>} with camelCase data."""
+    store.insert(
+        make_event(
+            "user.updated", event_id="msg_n", entity_id="user_5", first_name="Ada", last_name=None
+        )
+    )
+    mutation_worker(settings, store, convex, payload="normalized").run_once()
+    args = convex.received[0].json()["args"]
+    assert set(args) == {"event"}
+    ev = args["event"]
+    assert (ev["id"], ev["type"], ev["entityId"], ev["object"]) == (
+        "msg_n",
+        "user.updated",
+        "user_5",
+        "user",
+    )
+    assert ev["data"]["firstName"] == "Ada" and ev["data"]["name"] == "Ada"
+
+
+def test_unsafe_value_fails_without_sending(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """A payload over Convex's limits fails with the limit and place named; nothing is sent."""
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(40):
+        node["x"] = {}
+        node = node["x"]  # type: ignore[assignment]
+    store.insert(make_event("user.updated", event_id="msg_deep", public_metadata=deep))
+    mutation_worker(settings, store, convex, payload="normalized").run_once()
+    event = store.get("msg_deep")
+    assert event is not None and event.status == Status.FAILED
+    assert "nesting" in (event.last_error or "") and "publicMetadata" in (event.last_error or "")
+    assert convex.received == []
+
+
+def test_raw_mutation_escapes_unsafe_metadata_keys(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """Raw mode on the function API escapes keys Convex rejects instead of failing inside it."""
+    store.insert(
+        make_event("user.updated", event_id="msg_k", public_metadata={"$plan": "pro", "naïve": 1})
+    )
+    mutation_worker(settings, store, convex).run_once()
+    meta = convex.received[0].json()["args"]["data"]["public_metadata"]
+    assert "$plan" not in meta and all(k.isascii() for k in meta)
+    assert sorted(map(str, meta.values())) == ["1", "pro"]
+
+
+def test_one_object_in_order_across_concurrent_slots(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """With concurrency 4 and a running loop, one user's events arrive one at a time, in order."""
+    ids = [f"msg_{i:02d}" for i in range(12)]
+    order = list(range(12))
+    random.Random(5).shuffle(order)
+    for i in order:
+        store.insert(
+            make_event(
+                "user.updated",
+                event_id=ids[i],
+                entity_id="user_same",
+                timestamp=1_700_000_000_000 + i,
+            )
+        )
+    for i in range(6):
+        store.insert(make_event("user.updated", event_id=f"msg_other{i}", entity_id=f"user_{i}"))
+    convex.script.hang_s = 0.02
+    worker = make_worker(settings, store, convex, concurrency=4)
+    worker.poll_interval_s = 0.05
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = datetime.now(UTC).timestamp() + 20
+        while store.counts()["delivered"] < 18 and datetime.now(UTC).timestamp() < deadline:
+            threading.Event().wait(0.05)
+    finally:
+        worker.stop()
+        thread.join(10)
+    same = [d for d in convex.delivered if not d.startswith("msg_other")]
+    assert same == ids
+    assert store.counts()["delivered"] == 18
+
+
+def test_stop_finishes_attempt_in_hand(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """stop() during an attempt lets it finish and records it (warm shutdown)."""
+    store.insert(make_event(event_id="msg_1"))
+    convex.script.hang_s = 0.5
+    worker = make_worker(settings, store, convex)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    deadline = datetime.now(UTC).timestamp() + 5
+    while not worker._in_flight and datetime.now(UTC).timestamp() < deadline:  # noqa: SLF001
+        threading.Event().wait(0.01)
+    worker.stop()
+    thread.join(10)
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.DELIVERED
+
+
+def test_delivery_log_line_has_fields_and_no_secrets(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """One canonical line per attempt with ids and timing, never the secret or the body."""
+    store.insert(make_event("user.created", event_id="msg_log", first_name="Secretive"))
+    with capture_logs() as logs:
+        mutation_worker(settings, store, convex).run_once()
+    [line] = [entry for entry in logs if entry["event"] == "delivery_attempted"]
+    assert line["status"] == 200 and line["outcome"] == "delivered"
+    assert "duration_ms" in line and line["target"].endswith("/api/mutation")
+    text = json.dumps(logs, default=str)
+    assert KEY not in text and FORWARD_SECRET not in text and "Secretive" not in text
+
+
+@pytest.mark.parametrize("events_glob", [("organization.*",)])
+def test_relay_events_skips_at_delivery(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn, events_glob: tuple[str]
+) -> None:
+    """An event outside RELAY_EVENTS is skipped by the worker even if stored pending."""
+    store.insert(make_event("user.created", event_id="msg_1"))
+    make_worker(settings, store, convex, events=events_glob).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.SKIPPED
