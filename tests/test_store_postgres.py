@@ -188,6 +188,18 @@ class TestPostgresStore(StoreContract):
         violations: list[str] = []
         delivered: list[str] = []
         inserted = threading.Event()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            # Slow lease writes widen the window between a claim's snapshot and its
+            # commit, as a database a few milliseconds away would.
+            conn.execute(
+                "CREATE FUNCTION slow_lease() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF NEW.lease_owner IS NOT NULL THEN PERFORM pg_sleep(0.003); END IF;"
+                " RETURN NEW; END $$"
+            )
+            conn.execute(
+                "CREATE TRIGGER slow BEFORE UPDATE ON events"
+                " FOR EACH ROW EXECUTE FUNCTION slow_lease()"
+            )
 
         def insert_all() -> None:
             for ev in arrivals:
@@ -209,6 +221,7 @@ class TestPostgresStore(StoreContract):
                             if ev.object_key in in_flight:
                                 violations.append(ev.id)
                             in_flight.add(ev.object_key)
+                    time.sleep(0.002)  # the delivery, during which the object is in flight
                     for ev in batch:
                         with lock:  # before complete(): the next claim may follow at once
                             in_flight.discard(ev.object_key)
