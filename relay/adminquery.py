@@ -1,0 +1,162 @@
+"""Admin filters as people type them (query strings, forms, JSON) -> :class:`EventFilter`.
+
+One reading for the API and the console, so ``?status=failed,skipped&type=user.*``
+means the same in both. Every refusal is a :class:`~relay.errors.BadRequest` that
+names the parameter; nothing here touches Flask or the store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from relay.errors import BadRequest
+from relay.models import EventFilter, Status
+from relay.store.sql import decode_cursor
+
+DEFAULT_LIMIT = 50
+#: Most event ids one bulk replay may name.
+MAX_IDS = 1000
+MAX_LIMIT = 500
+#: Longest accepted glob, entity id or event id (Clerk ids are ~30 characters).
+MAX_TEXT = 200
+#: Cursors hold a 64-bit sequence number; anything larger is not one of ours.
+_MAX_SEQ = 2**63 - 1
+# The same patterns are in openapi.json, so the description and the code agree exactly.
+_EPOCH_MS = re.compile(r"[0-9]{1,16}")
+_DURATION = re.compile(r"([0-9]{1,9})(ms|s|m|h|d)")
+_ISO = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?([Zz]|[+-][0-9]{2}:[0-9]{2})?)?"
+)
+_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+#: Epoch ms up to the year 2999.
+_MAX_EPOCH_MS = 32_503_680_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """A parsed ``GET /admin/events``: the filter plus paging."""
+
+    flt: EventFilter
+    limit: int
+    cursor: str | None
+
+
+def parse_statuses(values: Iterable[Any]) -> tuple[Status, ...]:
+    """``status`` given repeatedly and/or comma-separated; unknown names are refused."""
+    found: list[Status] = []
+    for value in values:
+        if not isinstance(value, str):
+            raise BadRequest("status must be a string or a list of strings")
+        for name in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                status = Status(name)
+            except ValueError:
+                choices = ", ".join(s.value for s in Status)
+                raise BadRequest(f"status {name!r} is not one of {choices}") from None
+            if status not in found:
+                found.append(status)
+    return tuple(found)
+
+
+def parse_time_ms(name: str, value: Any, *, now_ms: int) -> int | None:
+    """Epoch ms, an ISO 8601 date or date-time (UTC if no zone), or a duration ago (``2h``)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise BadRequest(f"{name} must be epoch milliseconds or an ISO 8601 date")
+    if _EPOCH_MS.fullmatch(text):
+        ms = int(text)
+        if ms > _MAX_EPOCH_MS:
+            raise BadRequest(f"{name} is out of range (epoch milliseconds)")
+        return ms
+    if m := _DURATION.fullmatch(text):
+        return now_ms - int(m.group(1)) * _DURATION_MS[m.group(2)]
+    if _ISO.fullmatch(text):
+        try:
+            when = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest(f"{name}={text!r} is not a real date and time") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return int(when.timestamp() * 1000)
+    raise BadRequest(
+        f"{name}={text[:40]!r} is not epoch ms, an ISO 8601 date or a duration like 2h"
+    )
+
+
+def _text(name: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    if len(value) > MAX_TEXT or any(ord(c) < 32 for c in value):
+        raise BadRequest(f"{name} is too long or contains control characters")
+    return value
+
+
+def parse_filter(
+    get: Mapping[str, Any], statuses: Iterable[Any], *, now_ms: int, ids: Iterable[Any] = ()
+) -> EventFilter:
+    """The filter fields shared by listing and bulk replay."""
+    id_list = []
+    ids = list(ids)
+    if len(ids) > MAX_IDS:
+        raise BadRequest(f"at most {MAX_IDS} ids per request")
+    for value in ids:
+        text = _text("ids", value)
+        if text is None:
+            raise BadRequest("ids must be non-empty strings")
+        id_list.append(text)
+    since = parse_time_ms("since", get.get("since"), now_ms=now_ms)
+    until = parse_time_ms("until", get.get("until"), now_ms=now_ms)
+    return EventFilter(
+        statuses=parse_statuses(statuses),
+        type_glob=_text("type", get.get("type")),
+        entity_id=_text("entity", get.get("entity")),
+        since_ms=since,
+        until_ms=until,
+        ids=tuple(id_list),
+    )
+
+
+def parse_limit(value: str | None) -> int:
+    """``limit`` from 1 to :data:`MAX_LIMIT` (default :data:`DEFAULT_LIMIT`)."""
+    if value is None or value == "":
+        return DEFAULT_LIMIT
+    if not re.fullmatch(r"[0-9]{1,4}", value) or not 1 <= int(value) <= MAX_LIMIT:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(value)
+
+
+def parse_cursor(value: str | None) -> str | None:
+    """A cursor from a previous page's ``nextCursor``; anything else is refused."""
+    if value is None or value == "":
+        return None
+    try:
+        seq = decode_cursor(value)
+    except (ValueError, UnicodeError):
+        raise BadRequest("cursor is not one this relay handed out") from None
+    if seq > _MAX_SEQ:
+        raise BadRequest("cursor is not one this relay handed out")
+    return value
+
+
+def parse_list_query(args: Any, *, now_ms: int) -> ListQuery:
+    """``args`` is a werkzeug ``MultiDict`` (``getlist`` for repeated ``status``)."""
+    unknown = set(args) - {"status", "type", "entity", "since", "until", "limit", "cursor"}
+    if unknown:
+        raise BadRequest(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    return ListQuery(
+        flt=parse_filter(args, args.getlist("status"), now_ms=now_ms),
+        limit=parse_limit(args.get("limit")),
+        cursor=parse_cursor(args.get("cursor")),
+    )
