@@ -54,9 +54,12 @@ control_socket_disable = True
 # --- logging: JSON lines through structlog -----------------------------------------------
 loglevel = _settings.log_level
 errorlog = "-"
-# Access lines are rebuilt as structured fields below; this format is only their fallback
-# text. dictConfig below replaces the handlers gunicorn attaches for these two settings.
-accesslog = "-"
+# The app writes one canonical `request_handled` line per request (with its request_id);
+# gunicorn's access line would repeat it. GUNICORN_ACCESS_LOG=1 adds it back, with the
+# remote address and user agent, when debugging the path through the proxy. Its atoms are
+# rebuilt as fields below; this format is only the fallback text.
+_access_log = os.environ.get("GUNICORN_ACCESS_LOG") == "1"
+accesslog = "-" if _access_log else None
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -144,7 +147,11 @@ logconfig_dict: dict[str, Any] = {
     },
     "loggers": {
         "gunicorn.error": {"level": _level, "handlers": ["stderr"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
+        "gunicorn.access": {
+            "level": "INFO" if _access_log else "WARNING",
+            "handlers": ["stdout"],
+            "propagate": False,
+        },
     },
     "root": {"level": _level, "handlers": ["stderr"]},
 }

@@ -50,7 +50,10 @@ def gunicorn_cfg(
 ) -> Iterator[Callable[..., Config]]:
     """Load gunicorn.conf.py through gunicorn itself, with a chosen environment."""
     monkeypatch.chdir(tmp_path)  # no developer .env leaks in
-    for name in ("PORT", "LOG_LEVEL", "LOG_FORMAT", "WEB_CONCURRENCY", "GUNICORN_THREADS"):
+    for name in (
+        "PORT", "LOG_LEVEL", "LOG_FORMAT", "WEB_CONCURRENCY", "GUNICORN_THREADS",
+        "GUNICORN_ACCESS_LOG",
+    ):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
 
     def load(**env: str) -> Config:
@@ -193,6 +196,15 @@ def test_hadolint_passes() -> None:
         [hadolint, str(DOCKERFILE)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_access_log_is_opt_in(gunicorn_cfg: Callable[..., Config]) -> None:
+    """The app's request line is canonical; gunicorn's access line only on request."""
+    default = gunicorn_cfg().logconfig_dict["loggers"]["gunicorn.access"]["level"]
+    opted_in = gunicorn_cfg(GUNICORN_ACCESS_LOG="1")
+    assert logging.getLevelName(default) > logging.INFO
+    assert opted_in.logconfig_dict["loggers"]["gunicorn.access"]["level"] == "INFO"
+    assert opted_in.accesslog == "-"
 
 
 def test_access_log_lines_are_structured_json(gunicorn_cfg: Callable[..., Config]) -> None:
