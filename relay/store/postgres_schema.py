@@ -63,6 +63,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE TABLE workers (id TEXT PRIMARY KEY, last_seen BIGINT NOT NULL);
         """,
     ),
+    (
+        2,
+        # Claims walk pending events in claim order and stop after ``limit``, and
+        # the "older pending event of this object?" probe finds the object's oldest
+        # pending event first: each claim costs O(limit), not O(backlog).
+        """
+        CREATE INDEX events_pending_due ON events (next_attempt_at, seq)
+            WHERE status = 'pending';
+        CREATE INDEX events_pending_object ON events (object_key, ord_at, ord_upd, seq)
+            WHERE status = 'pending';
+        CREATE INDEX events_leased_object ON events (object_key, lease_expires_at)
+            WHERE status = 'pending' AND lease_expires_at IS NOT NULL;
+        """,
+    ),
 )
 
 
