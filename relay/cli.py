@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import wraps
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -324,11 +325,19 @@ def migrate_store_cmd(source: str, dest: str) -> None:
     """Copy every event (with status and attempts) between stores; safe to re-run."""
     from relay.migrate import migrate_store
 
+    if source.startswith("sqlite:///") and not Path(source.removeprefix("sqlite:///")).is_file():
+        click.echo(f"no SQLite database at {source}", err=True)
+        sys.exit(1)
     src, dst = open_store(source), open_store(dest)
-    src.migrate()
-    dst.migrate()
-    report = migrate_store(src, dst)
-    click.echo(f"copied {report.copied}, already present {report.skipped}")
+    try:
+        with click.progressbar(length=0, label="copying", file=sys.stderr) as bar:
+            report = migrate_store(src, dst, progress=lambda n: bar.update(n - bar.pos))
+    finally:
+        src.close()
+        dst.close()
+    click.echo(f"examined {report.examined}, copied {report.copied} "
+               f"(with {report.attempts_copied} attempts), already present "
+               f"{report.already_present}")
 
 
 @main.group()

@@ -62,19 +62,6 @@ LISTEN_MAX_BACKOFF_S = 30.0
 #: How often a listener checks its stop flag, in seconds.
 LISTEN_POLL_S = 0.5
 
-#: :data:`relay.store.sql.BLOCKED_BY_OLDER` split at its ``OR`` (same meaning: a
-#: strictly older order key already differs in ``seq``), so that each half is an
-#: index range probe on a partial index instead of a scan of the object's backlog.
-BLOCKED_BY_OLDER = """
-    e.object_key IS NOT NULL AND (
-        EXISTS (SELECT 1 FROM events o
-                WHERE o.object_key = e.object_key AND o.status = 'pending'
-                  AND (o.ord_at, o.ord_upd, o.seq) < (e.ord_at, e.ord_upd, e.seq))
-        OR EXISTS (SELECT 1 FROM events o
-                   WHERE o.object_key = e.object_key AND o.status = 'pending'
-                     AND o.lease_expires_at > {now} AND o.seq <> e.seq))
-"""
-
 _INSERT_COLUMNS = (
     "id, type, body, status, received_at, object, entity_id, object_key, occurred_at,"
     " updated_at, instance_id, ord_at, ord_upd"
@@ -164,7 +151,7 @@ class PostgresStore:
             return cur.rowcount == 1
 
     def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
-        blocked = BLOCKED_BY_OLDER.format(now="%(now)s")
+        blocked = sql.BLOCKED_BY_OLDER.format(now="%(now)s")
         newer = sql.NEWER_DELIVERED.format(
             key="e.object_key", ord_at="e.ord_at", ord_upd="e.ord_upd", seq="e.seq"
         )
