@@ -133,8 +133,9 @@ healthcheck=$("${P[@]}" image inspect --format '{{json .Config.Healthcheck}}' "$
 if [[ $healthcheck == *healthz* ]]; then pass "image keeps its HEALTHCHECK"; else fail "HEALTHCHECK missing: $healthcheck"; fi
 
 if ((BUILD_ONLY)); then
-    ((FAILURES == 0)) && echo "PASS all (build only)" || echo "FAIL $FAILURES check(s)"
-    exit $((FAILURES > 0))
+    if ((FAILURES)); then echo "FAIL $FAILURES check(s)"; exit 1; fi
+    echo "PASS all (build only)"
+    exit 0
 fi
 
 # --- run it ----------------------------------------------------------------------------
@@ -179,15 +180,16 @@ fi
 
 for path in /readyz /metrics; do
     status=$(http_status "$base_url$path")
-    [[ $status == 200 ]] && pass "GET $path 200" || fail "GET $path answered $status"
+    if [[ $status == 200 ]]; then pass "GET $path 200"; else fail "GET $path answered $status"; fi
 done
 
 # The image's own HEALTHCHECK command (["CMD", argv...]), run inside the container.
 mapfile -t hc_argv < <(python3 -c 'import json, sys; print(*json.loads(sys.argv[1])["Test"][1:], sep="\n")' "$healthcheck")
 if "${P[@]}" exec "$CTR" "${hc_argv[@]}" >/dev/null 2>&1; then pass "HEALTHCHECK command"; else fail "HEALTHCHECK command"; fi
 
+# shellcheck disable=SC2016 # $2 is awk's, not the shell's
 uid=$("${P[@]}" exec "$CTR" awk '/^Uid:/ {print $2}' /proc/1/status)
-[[ $uid == 10001 ]] && pass "runs as uid 10001" || fail "PID 1 runs as uid $uid, not 10001"
+if [[ $uid == 10001 ]]; then pass "runs as uid 10001"; else fail "PID 1 runs as uid $uid, not 10001"; fi
 
 # From the host, through the published port: the path Clerk's requests take. Falls back
 # to the image's own CLI when the host has no venv with the relay installed.
