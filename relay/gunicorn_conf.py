@@ -1,13 +1,166 @@
-"""gunicorn settings for ``relay serve`` (loaded with ``-c python:relay.gunicorn_conf``).
+"""Gunicorn settings for the relay's ingest web server.
 
-Placeholder until the ops configuration lands: bind on PORT, two sync workers.
+``relay serve`` loads this module with ``-c python:relay.gunicorn_conf``; the top-level
+``gunicorn.conf.py`` re-exports it for a plain ``gunicorn app:app``. The relay's own settings (``PORT``, ``LOG_LEVEL``, ``LOG_FORMAT``)
+come from :meth:`relay.settings.Settings.from_env`, so gunicorn parses and validates them
+exactly as the app does, ``.env`` included. Process-manager knobs that are not relay
+configuration (``WEB_CONCURRENCY``, ``GUNICORN_THREADS``) are read from the environment
+here, as gunicorn config files conventionally do; ``GUNICORN_CMD_ARGS`` overrides any of
+this without a rebuild.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+
 from relay.settings import Settings
 
 _settings = Settings.from_env()
+
+# --- sockets and workers ---------------------------------------------------------------
+# All interfaces: in a container or a Fly Machine the proxy connects from outside.
 bind = f"0.0.0.0:{_settings.port}"
-workers = 2
-graceful_timeout = 30
+# Sync workers: measured faster than gthread for our short requests on 2 cores
+# (reference/environment.md §3). Each request is a signature check plus one commit.
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+worker_class = "gthread" if threads > 1 else "sync"
+# Ingest is a signature check plus one commit: a request still running after 30 s is stuck.
+timeout = 30
+# Above the 10 s delivery timeout, so a SIGTERM never cuts a request that is committing
+# an event; fly.toml's kill_timeout (30 s) leaves the whole process group that long.
+graceful_timeout = 25
+# Fly's proxy reuses upstream connections; keep them a little longer than the default 2 s.
+keepalive = 5
+# Recycle workers now and then so a slow leak cannot grow forever; jitter keeps the
+# workers from restarting together.
+max_requests = 2048
+max_requests_jitter = 128
+# The heartbeat file on a container's overlay filesystem can stall a worker; tmpfs cannot.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - tmpfs by design
+# No gunicornc control socket (gunicorn >= 25): nothing uses it, and the app user has no
+# home directory to put it in. Older gunicorns ignore the name.
+control_socket_disable = True
+# forwarded_allow_ips keeps gunicorn's default (127.0.0.1,::1): X-Forwarded-* from anyone
+# else is ignored here. The app wraps itself in ProxyFix for Fly's single proxy hop; do not
+# set "*" unless the port is reachable only through that proxy.
+
+# --- logging: JSON lines through structlog -----------------------------------------------
+loglevel = _settings.log_level
+errorlog = "-"
+# The app writes one canonical `request_handled` line per request (with its request_id);
+# gunicorn's access line would repeat it. GUNICORN_ACCESS_LOG=1 adds it back, with the
+# remote address and user agent, when debugging the path through the proxy. Its atoms are
+# rebuilt as fields below; this format is only the fallback text.
+_access_log = os.environ.get("GUNICORN_ACCESS_LOG") == "1"
+accesslog = "-" if _access_log else None
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class QuietProbes(logging.Filter):
+    """Drop successful health-check and scrape lines: Fly polls them every few seconds."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        if isinstance(atoms, Mapping) and atoms.get("U") in _QUIET_PATHS:
+            return not str(atoms.get("s", "")).startswith("2")
+        return True
+
+
+def access_fields(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Turn gunicorn's access-log atoms into fields; drop the raw atoms from every record."""
+    atoms = event_dict.pop("positional_args", None)
+    record = event_dict.get("_record")
+    if record is None or record.name != "gunicorn.access" or not isinstance(atoms, Mapping):
+        return event_dict
+    event_dict["event"] = "http_request"
+    event_dict.update(
+        method=atoms.get("m"),
+        path=atoms.get("U"),
+        status=int(atoms["s"]) if str(atoms.get("s", "")).isdigit() else atoms.get("s"),
+        duration_ms=round(atoms.get("D", 0) / 1000, 3),
+        bytes=atoms.get("B"),
+        remote=atoms.get("h"),
+        user_agent=atoms.get("a"),
+    )
+    request_id = atoms.get("{x-request-id}o") or atoms.get("{fly-request-id}i")
+    if request_id:
+        event_dict["request_id"] = request_id
+    if svix_id := atoms.get("{svix-id}i"):
+        event_dict["svix_id"] = svix_id
+    return event_dict
+
+
+_fmt = _settings.log_format or ("console" if sys.stderr.isatty() else "json")
+_renderer = (
+    structlog.dev.ConsoleRenderer() if _fmt == "console" else structlog.processors.JSONRenderer()
+)
+_level = _settings.log_level.upper()
+
+logconfig_dict: dict[str, Any] = {
+    "version": 1,
+    # The app's loggers may exist already (preload) and must keep working.
+    "disable_existing_loggers": False,
+    "formatters": {
+        "structlog": {
+            "()": structlog.stdlib.ProcessorFormatter,
+            # Gunicorn logs through the stdlib; this chain gives its records the fields
+            # structlog adds to the app's own lines.
+            "foreign_pre_chain": [
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                access_fields,
+            ],
+            "processors": [
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _renderer,
+            ],
+            # Hand the access atoms (record.args) to access_fields.
+            "pass_foreign_args": True,
+        },
+    },
+    "filters": {"quiet_probes": {"()": QuietProbes}},
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "formatter": "structlog",
+            "stream": "ext://sys.stdout",
+            "filters": ["quiet_probes"],
+        },
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "structlog",
+            "stream": "ext://sys.stderr",
+        },
+    },
+    "loggers": {
+        "gunicorn.error": {"level": _level, "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {
+            "level": "INFO" if _access_log else "WARNING",
+            "handlers": ["stdout"],
+            "propagate": False,
+        },
+    },
+    "root": {"level": _level, "handlers": ["stderr"]},
+}
+
+
+# --- hooks ---------------------------------------------------------------------------------
+def child_exit(server: object, worker: Any) -> None:
+    """Forget a dead worker's metric files so /metrics stops summing its gauges."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -29,7 +29,7 @@ from relay.settings import Settings, parse_duration_s
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
-GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+GUNICORN_CONF = ROOT / "relay" / "gunicorn_conf.py"
 FLY_TOML = ROOT / "fly.toml"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
