@@ -32,7 +32,7 @@ from typing import Any
 import requests
 
 from relay.deliver import Deliverer, Request, Response
-from relay.models import NewEvent, Status
+from relay.models import Event, NewEvent, Status
 from relay.settings import Settings, parse_routes
 from relay.store.sqlite import SQLiteStore
 from relay.worker import Worker
@@ -334,10 +334,10 @@ def run_served(
         try:
             terminal = {Status.DELIVERED, Status.SUPERSEDED, Status.FAILED, Status.SKIPPED}
 
-            def settled() -> list[Any] | None:
+            def settled() -> list[Event]:
                 found = [store.get(e.id) for e in sc.events]
-                done = all(e is not None and e.status in terminal for e in found)
-                return found if done else None
+                done = [e for e in found if e is not None and e.status in terminal]
+                return done if len(done) == len(found) else []
 
             events = wait_until(settled, 30.0, f"scenario {sc.seed} to settle")
         finally:

@@ -83,11 +83,10 @@ class Wiring:
         """Wait until every event is in a terminal status; each event by id."""
         wanted = list(dict.fromkeys(ids))
 
-        def done() -> dict[str, Event] | None:
+        def done() -> dict[str, Event]:
             found = {i: self.store.get(i) for i in wanted}
-            if all(e is not None and e.status in TERMINAL for e in found.values()):
-                return found  # type: ignore[return-value]
-            return None
+            settled = {i: e for i, e in found.items() if e is not None and e.status in TERMINAL}
+            return settled if len(settled) == len(wanted) else {}
 
         return wait_until(done, timeout, f"{len(wanted)} events to settle")
 
