@@ -166,6 +166,10 @@ def test_full_disk_answers_503_acknowledges_nothing_and_recovers(
             acked: list[str] = []
             assert relay.post_event(make_envelope("user.created"), "msg_before").status_code == 200
             acked.append("msg_before")
+            store = relay.open_store()
+            # Delivered before the disk fills: a completion that cannot be written keeps
+            # its lease (~34 s here) and is delivered again later, which would slow this down.
+            wait_until(lambda: delivered_all(store, ["msg_before"]), 20, "the first delivery")
             filler = fill(disk)
 
             refused = None
@@ -185,7 +189,6 @@ def test_full_disk_answers_503_acknowledges_nothing_and_recovers(
             assert "Traceback" not in response.text
 
             filler.unlink()
-            store = relay.open_store()
             assert store.get(msg_id) is None  # nothing kept for the 503
             again = relay.post_event(envelope, msg_id)  # Clerk's retry
             assert again.json() == {"status": "accepted", "id": msg_id}
