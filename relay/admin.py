@@ -189,7 +189,11 @@ def replay_filtered() -> Response:
     if not isinstance(ids, list) or ("ids" in body and not ids):
         raise BadRequest("ids must be a non-empty list of event ids")
     flt = parse_filter(
-        body, statuses if isinstance(statuses, list) else [statuses], now_ms=now_ms(), ids=ids
+        body,
+        statuses if isinstance(statuses, list) else [statuses],
+        now_ms=now_ms(),
+        ids=ids,
+        json=True,
     )
     force = _flag(body, "force")
     store = runtime().store
@@ -208,6 +212,8 @@ def _json_body(*, allowed: set[str]) -> dict[str, Any]:
         raise BadRequest("the body must be a JSON object")
     if unknown := set(body) - allowed:
         raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if nulls := sorted(k for k, v in body.items() if v is None):
+        raise BadRequest(f"leave out a field rather than sending null: {', '.join(nulls)}")
     return body
 
 

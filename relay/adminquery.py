@@ -26,7 +26,7 @@ MAX_TEXT = 200
 #: Cursors hold a 64-bit sequence number; anything larger is not one of ours.
 _MAX_SEQ = 2**63 - 1
 # The same patterns are in openapi.json, so the description and the code agree exactly.
-_EPOCH_MS = re.compile(r"[0-9]{1,16}")
+_EPOCH_MS = re.compile(r"([0-9]{1,16})(?:\.0+)?")
 _DURATION = re.compile(r"([0-9]{1,9})(ms|s|m|h|d)")
 _ISO = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
@@ -46,13 +46,13 @@ class ListQuery:
     cursor: str | None
 
 
-def parse_statuses(values: Iterable[Any]) -> tuple[Status, ...]:
+def parse_statuses(values: Iterable[Any], *, commas: bool = True) -> tuple[Status, ...]:
     """``status`` given repeatedly and/or comma-separated; unknown names are refused."""
     found: list[Status] = []
     for value in values:
         if not isinstance(value, str):
             raise BadRequest("status must be a string or a list of strings")
-        for name in filter(None, (p.strip() for p in value.split(","))):
+        for name in value.split(",") if commas else [value]:
             try:
                 status = Status(name)
             except ValueError:
@@ -63,18 +63,27 @@ def parse_statuses(values: Iterable[Any]) -> tuple[Status, ...]:
     return tuple(found)
 
 
-def parse_time_ms(name: str, value: Any, *, now_ms: int) -> int | None:
-    """Epoch ms, an ISO 8601 date or date-time (UTC if no zone), or a duration ago (``2h``)."""
-    if value is None or value == "":
+def parse_time_ms(name: str, value: Any, *, now_ms: int, json: bool = False) -> int | None:
+    """Epoch ms, an ISO 8601 date or date-time (UTC if no zone), or a duration ago (``2h``).
+
+    In a query string epoch ms are digits; in JSON (``json=True``) they must be a number,
+    so ``"123"`` is refused there exactly as the OpenAPI document says.
+    """
+    if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
+    if value == "":
+        raise BadRequest(f"{name} is empty; leave it out instead")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema counts 60.0 as an integer; so do we
+    numeric = isinstance(value, int) and not isinstance(value, bool)
+    if numeric:
         text = str(value)
     elif isinstance(value, str):
         text = value
     else:
         raise BadRequest(f"{name} must be epoch milliseconds or an ISO 8601 date")
-    if _EPOCH_MS.fullmatch(text):
-        ms = int(text)
+    if (numeric or not json) and (m := _EPOCH_MS.fullmatch(text)):
+        ms = int(m.group(1))
         if ms > _MAX_EPOCH_MS:
             raise BadRequest(f"{name} is out of range (epoch milliseconds)")
         return ms
@@ -94,8 +103,10 @@ def parse_time_ms(name: str, value: Any, *, now_ms: int) -> int | None:
 
 
 def _text(name: str, value: Any) -> str | None:
-    if value is None or value == "":
+    if value is None:
         return None
+    if value == "":
+        raise BadRequest(f"{name} is empty; leave it out instead")
     if not isinstance(value, str):
         raise BadRequest(f"{name} must be a string")
     if len(value) > MAX_TEXT or any(ord(c) < 32 for c in value):
@@ -104,7 +115,12 @@ def _text(name: str, value: Any) -> str | None:
 
 
 def parse_filter(
-    get: Mapping[str, Any], statuses: Iterable[Any], *, now_ms: int, ids: Iterable[Any] = ()
+    get: Mapping[str, Any],
+    statuses: Iterable[Any],
+    *,
+    now_ms: int,
+    ids: Iterable[Any] = (),
+    json: bool = False,
 ) -> EventFilter:
     """The filter fields shared by listing and bulk replay."""
     id_list = []
@@ -116,10 +132,10 @@ def parse_filter(
         if text is None:
             raise BadRequest("ids must be non-empty strings")
         id_list.append(text)
-    since = parse_time_ms("since", get.get("since"), now_ms=now_ms)
-    until = parse_time_ms("until", get.get("until"), now_ms=now_ms)
+    since = parse_time_ms("since", get.get("since"), now_ms=now_ms, json=json)
+    until = parse_time_ms("until", get.get("until"), now_ms=now_ms, json=json)
     return EventFilter(
-        statuses=parse_statuses(statuses),
+        statuses=parse_statuses(statuses, commas=not json),
         type_glob=_text("type", get.get("type")),
         entity_id=_text("entity", get.get("entity")),
         since_ms=since,
@@ -130,7 +146,7 @@ def parse_filter(
 
 def parse_limit(value: str | None) -> int:
     """``limit`` from 1 to :data:`MAX_LIMIT` (default :data:`DEFAULT_LIMIT`)."""
-    if value is None or value == "":
+    if value is None:
         return DEFAULT_LIMIT
     if not re.fullmatch(r"[0-9]{1,4}", value) or not 1 <= int(value) <= MAX_LIMIT:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
@@ -139,7 +155,7 @@ def parse_limit(value: str | None) -> int:
 
 def parse_cursor(value: str | None) -> str | None:
     """A cursor from a previous page's ``nextCursor``; anything else is refused."""
-    if value is None or value == "":
+    if value is None:
         return None
     try:
         seq = decode_cursor(value)
