@@ -1,0 +1,284 @@
+"""The web console: sign-in and out, CSRF, headers, redaction, and no secret on any page."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from relay import create_app
+from relay.adminauth import FailureLimiter, session_key
+from relay.models import NewEvent, Status
+from relay.redact import REDACTED, redact, redact_text
+from relay.settings import Settings
+from relay.store import Store, open_store
+
+from .adminkit import DEPLOY_KEY, TOKEN, admin_settings
+from .factories import FIXTURES, SECRET, make_event
+
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+def relay_settings(tmp_path: Path) -> Settings:
+    return admin_settings(tmp_path)
+
+
+@pytest.fixture
+def app(relay_settings: Settings) -> Flask:
+    return create_app(relay_settings)
+
+
+@pytest.fixture
+def store(relay_settings: Settings) -> Store:
+    s = open_store(relay_settings.database_url)
+    s.migrate()
+    return s
+
+
+def csrf(client: FlaskClient, path: str = "/admin/signin") -> str:
+    """The CSRF token of the form on ``path``."""
+    match = _CSRF.search(client.get(path).get_data(as_text=True))
+    assert match, f"no CSRF field on {path}"
+    return match.group(1)
+
+
+def signed_in(app: Flask) -> FlaskClient:
+    client = app.test_client()
+    response = client.post("/admin/signin", data={"csrf_token": csrf(client), "token": TOKEN})
+    assert response.status_code == 302
+    return client
+
+
+def test_pages_need_a_session(app: Flask) -> None:
+    """Every console page redirects to sign-in without a session."""
+    client = app.test_client()
+    for path in ("/admin/", "/admin/event/msg_1", "/admin/bulk-replay"):
+        response = client.get(path)
+        assert response.status_code == 302
+        assert response.headers["Location"].endswith("/admin/signin")
+
+
+def test_sign_in_sets_a_strict_httponly_cookie_and_sign_out_ends_it(app: Flask) -> None:
+    """A right token gives a signed HttpOnly SameSite=Strict cookie; sign-out ends the session."""
+    client = app.test_client()
+    token = csrf(client)
+    response = client.post("/admin/signin", data={"csrf_token": token, "token": TOKEN})
+    assert response.status_code == 302
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/admin" in cookie
+    assert "Secure" not in cookie  # plain http in the test client
+    assert TOKEN not in cookie
+    page = client.get("/admin/")
+    assert page.status_code == 200 and "Sign out" in page.get_data(as_text=True)
+    out = client.post("/admin/signout", data={"csrf_token": csrf(client, "/admin/")})
+    assert out.status_code == 302
+    assert client.get("/admin/").status_code == 302
+
+
+def test_cookie_is_secure_behind_https(app: Flask) -> None:
+    """When the request came over https (directly or via the proxy header) the cookie is Secure."""
+    client = app.test_client()
+    token = csrf(client)
+    response = client.post(
+        "/admin/signin",
+        data={"csrf_token": token, "token": TOKEN},
+        headers={"X-Forwarded-Proto": "https"},
+    )
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_session_key_is_shared_by_workers_and_changes_with_the_token(
+    relay_settings: Settings,
+) -> None:
+    """Two app instances (two gunicorn workers) accept each other's cookie; a new token does not."""
+    first, second = create_app(relay_settings), create_app(relay_settings)
+    client = signed_in(first)
+    cookie = client.get_cookie("relay_console", path="/admin")
+    assert cookie is not None
+    other = second.test_client()
+    other.set_cookie("relay_console", cookie.value, path="/admin")
+    assert other.get("/admin/").status_code == 200
+    rotated = create_app(relay_settings.with_overrides(admin_token=TOKEN + "-rotated"))
+    stale = rotated.test_client()
+    stale.set_cookie("relay_console", cookie.value, path="/admin")
+    assert stale.get("/admin/").status_code == 302
+    assert session_key(TOKEN) != session_key(TOKEN + "x")
+
+
+def test_wrong_token_is_refused_and_rate_limited(app: Flask) -> None:
+    """A wrong token re-shows the form (401); repeated guesses get 429 with Retry-After."""
+    app.extensions["relay_admin_limiter"] = FailureLimiter(max_failures=3)
+    client = app.test_client()
+    token = csrf(client)
+    for _ in range(3):
+        response = client.post("/admin/signin", data={"csrf_token": token, "token": "nope"})
+        assert response.status_code == 401
+        assert "not right" in response.get_data(as_text=True)
+    limited = client.post("/admin/signin", data={"csrf_token": token, "token": TOKEN})
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert client.get("/admin/").status_code == 302  # the right token did not get in
+
+
+@pytest.mark.parametrize(
+    "path", ["/admin/signin", "/admin/signout", "/admin/event/msg_1/replay", "/admin/bulk-replay"]
+)
+@pytest.mark.parametrize("token", [None, "forged-token"])
+def test_post_without_the_csrf_token_is_refused(
+    app: Flask, store: Store, path: str, token: str | None
+) -> None:
+    """Every POST form needs this session's CSRF token; missing or wrong is a 400 and no effect."""
+    store.insert(make_event(event_id="msg_1", status=Status.FAILED))
+    client = signed_in(app)
+    data = {"token": TOKEN} if token is None else {"token": TOKEN, "csrf_token": token}
+    response = client.post(path, data=data)
+    assert response.status_code == 400
+    assert "CSRF" in response.get_data(as_text=True)
+    assert store.get("msg_1").status is Status.FAILED  # type: ignore[union-attr]
+    assert client.get("/admin/").status_code == 200  # still signed in
+
+
+def test_security_headers_on_console_pages(app: Flask) -> None:
+    """CSP self, no framing, same-origin referrers, no caching, on pages and the sign-in form."""
+    client = signed_in(app)
+    for path in ("/admin/", "/admin/signin", "/admin/static/console.css"):
+        response = client.get(path)
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_list_filters_and_counts(app: Flask, store: Store) -> None:
+    """The list shows counts per status and narrows by status and type glob."""
+    store.insert(make_event("user.updated", event_id="msg_u", status=Status.FAILED))
+    store.insert(make_event("organization.created", event_id="msg_o", status=Status.FAILED))
+    store.insert(make_event("user.created", event_id="msg_d", status=Status.DELIVERED))
+    client = signed_in(app)
+    page = client.get("/admin/?status=failed&type=user.*&entity=&since=").get_data(as_text=True)
+    assert "msg_u" in page and "msg_o" not in page and "msg_d" not in page
+    assert re.search(r"failed <b>2</b>", page)
+    assert re.search(r"delivered <b>1</b>", page)
+    bad = client.get("/admin/?since=whenever")
+    assert bad.status_code == 400 and "since" in bad.get_data(as_text=True)
+
+
+def test_event_page_redacts_private_fields_and_one_time_codes(app: Flask, store: Store) -> None:
+    """private_metadata, event_attributes and OTP codes (even inside the email text) are hidden."""
+    envelope = json.loads((FIXTURES / "clerk" / "email.created.json").read_text())
+    body = json.dumps(envelope).encode()
+    store.insert(NewEvent.from_envelope("msg_email", body, envelope, received_at_ms=1))
+    store.insert(
+        make_event(
+            event_id="msg_user",
+            private_metadata={"stripeId": "cus_hidden"},
+            public_metadata={"plan": "pro"},
+        )
+    )
+    client = signed_in(app)
+    email_page = client.get("/admin/event/msg_email").get_data(as_text=True)
+    assert "123456" not in email_page
+    assert "user_agent" not in email_page and "client_ip" not in email_page
+    assert "johndoe@acme.com" in email_page  # ordinary fields stay readable
+    user_page = client.get("/admin/event/msg_user").get_data(as_text=True)
+    assert "cus_hidden" not in user_page and "stripeId" not in user_page
+    assert "pro" in user_page and REDACTED in user_page
+
+
+def test_replay_one_and_selection_through_the_console(app: Flask, store: Store) -> None:
+    """The replay button queues one event; the confirmation page counts, then replays the rest."""
+    for n in range(3):
+        store.insert(make_event(event_id=f"msg_f{n}", status=Status.FAILED, entity_id=f"u{n}"))
+    client = signed_in(app)
+    token = csrf(client, "/admin/event/msg_f0")
+    done = client.post(
+        "/admin/event/msg_f0/replay", data={"csrf_token": token}, follow_redirects=True
+    )
+    assert "Queued for delivery" in done.get_data(as_text=True)
+    assert store.get("msg_f0").status is Status.PENDING  # type: ignore[union-attr]
+    again = client.post("/admin/event/msg_f0/replay", data={"csrf_token": token})
+    assert again.status_code == 409 and "already pending" in again.get_data(as_text=True)
+
+    confirm = client.get("/admin/bulk-replay?status=failed").get_data(as_text=True)
+    assert "<b>2</b> event(s) will be queued" in confirm
+    client.post("/admin/bulk-replay", data={"csrf_token": token, "status": "failed"})
+    assert store.counts()["failed"] == 0 and store.counts()["pending"] == 3
+
+
+def test_banner_for_backlog_and_silent_worker(app: Flask, store: Store) -> None:
+    """An old pending event and a missing or stale heartbeat each raise a banner."""
+    client = signed_in(app)
+    assert "No delivery worker has reported" in client.get("/admin/").get_data(as_text=True)
+    now_ms = int(time.time() * 1000)
+    store.heartbeat("w1", now_ms=now_ms)
+    page = client.get("/admin/").get_data(as_text=True)
+    assert "banner warn" not in page
+    store.heartbeat("w1", now_ms=now_ms - 3_600_000)
+    store.insert(make_event(event_id="msg_old", received_at_ms=now_ms - 7_200_000))
+    page = client.get("/admin/").get_data(as_text=True)
+    assert "last seen" in page and "oldest pending event has waited 2h" in page
+
+
+def test_no_secret_on_any_page(app: Flask, store: Store) -> None:
+    """Signing secrets, deploy key and admin token never appear, even when a payload holds them."""
+    store.insert(
+        make_event(
+            event_id="msg_s",
+            status=Status.FAILED,
+            note=f"leaked {SECRET} and {DEPLOY_KEY} and {TOKEN}",
+            api_key="k-123456789",
+            jwt="eyJhbGciOi.eyJzdWIiOi.sig",
+        )
+    )
+    client = signed_in(app)
+    pages = [
+        "/admin/signin",
+        "/admin/",
+        "/admin/event/msg_s",
+        "/admin/bulk-replay",
+        "/admin/event/msg_missing",
+        "/admin/?status=failed",
+    ]
+    for path in pages:
+        text = client.get(path).get_data(as_text=True)
+        for secret in (SECRET, DEPLOY_KEY, TOKEN, "k-123456789", "eyJhbGciOi.eyJzdWIiOi"):
+            assert secret not in text, (path, secret)
+
+
+@pytest.mark.parametrize(
+    ("text", "hidden"),
+    [
+        ("Authorization: Bearer abcdefgh12345", "abcdefgh12345"),
+        ("key sk_live_abcdefgh1234 here", "sk_live_abcdefgh1234"),
+        ("prod:happy-otter-123|eyJ2aWQiOiJ4In0=", "eyJ2aWQiOiJ4In0="),
+        ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_"),
+    ],
+)
+def test_redact_text_hides_credential_shapes(text: str, hidden: str) -> None:
+    """Strings shaped like credentials are redacted wherever they appear."""
+    assert hidden not in redact_text(text)
+    assert REDACTED in redact_text(text)
+
+
+def test_redact_keeps_booleans_and_ordinary_fields() -> None:
+    """Flags like password_enabled stay readable; only values under secret-like keys go."""
+    out = redact(
+        {
+            "password_enabled": True,
+            "password": "hunter22",
+            "id": "user_1",
+            "nested": [{"private_metadata": {"a": 1}, "token": None}],
+        }
+    )
+    assert out == {
+        "password_enabled": True,
+        "password": REDACTED,
+        "id": "user_1",
+        "nested": [{"private_metadata": REDACTED, "token": None}],
+    }
