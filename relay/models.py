@@ -56,6 +56,26 @@ def object_key(envelope: Mapping[str, Any]) -> str | None:
     return f"{obj}:{oid}"
 
 
+#: Second order-key part of a deletion: after every state of the object at the same
+#: instant. A deleted payload has no ``updated_at``; ordering it as 0 would put
+#: ``user.deleted`` before a ``user.updated`` with the same envelope timestamp (Clerk's
+#: own examples all share one timestamp) and resurrect the user.
+DELETE_ORDER = 2**62
+
+
+def order_key(
+    event_type: str, occurred_at_ms: int | None, received_at_ms: int, updated_at_ms: int | None
+) -> tuple[int, int]:
+    """``(ord_at, ord_upd)``: when Clerk says it happened, then the object's version.
+
+    Receipt order (the store's ``seq``) breaks the remaining ties.
+    """
+    ord_at = occurred_at_ms or received_at_ms
+    if event_type.endswith(".deleted"):
+        return ord_at, DELETE_ORDER
+    return ord_at, updated_at_ms or 0
+
+
 def is_upsert(event_type: str) -> bool:
     """True for events that carry an object's full state (may be superseded by newer state)."""
     return event_type.endswith((".created", ".updated"))
@@ -81,6 +101,11 @@ class NewEvent:
     occurred_at_ms: int | None = None
     updated_at_ms: int | None = None
     instance_id: str | None = None
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """``(ord_at, ord_upd)`` as the store keeps them (see :func:`order_key`)."""
+        return order_key(self.type, self.occurred_at_ms, self.received_at_ms, self.updated_at_ms)
 
     @classmethod
     def from_envelope(
@@ -158,6 +183,11 @@ class Event:
     delivered_at_ms: int | None = None
     force: bool = False
     attempts: tuple[Attempt, ...] = field(default=())
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """``(ord_at, ord_upd)`` as the store keeps them (see :func:`order_key`)."""
+        return order_key(self.type, self.occurred_at_ms, self.received_at_ms, self.updated_at_ms)
 
     def envelope(self) -> dict[str, Any]:
         """The parsed body. Ingest checked it is a JSON object, so this cannot fail."""

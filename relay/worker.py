@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from types import FrameType
 
 import structlog
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
 from relay import metrics
 from relay.deliver import Deliverer, NoRoute
@@ -67,6 +68,7 @@ class Worker:
         self._stopping = threading.Event()
         self._in_flight: set[Future[None]] = set()
         self._lock = threading.Lock()
+        self._next_due_ms = 2**63  # earliest retry this worker scheduled itself
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -85,8 +87,11 @@ class Worker:
             if self._stopping.is_set():
                 log.warning("worker_cold_shutdown", signal=signal.Signals(signum).name)
                 os._exit(1)
-            log.info("worker_stopping", signal=signal.Signals(signum).name,
-                     in_flight=len(self._in_flight))
+            log.info(
+                "worker_stopping",
+                signal=signal.Signals(signum).name,
+                in_flight=len(self._in_flight),
+            )
             self.stop()
 
         signal.signal(signal.SIGTERM, handle)
@@ -96,8 +101,12 @@ class Worker:
         """Run until :meth:`stop`; returns after in-flight attempts finish."""
         stop_listening = self.store.listen(self._wake.set)
         pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="relay-deliver")
-        log.info("worker_started", worker_id=self.worker_id, target=self.settings.target,
-                 concurrency=self.settings.concurrency)
+        log.info(
+            "worker_started",
+            worker_id=self.worker_id,
+            target=self.settings.target,
+            concurrency=self.settings.concurrency,
+        )
         next_beat = 0.0
         try:
             while not self._stopping.is_set():
@@ -106,11 +115,19 @@ class Worker:
                     next_beat = self.clock() + HEARTBEAT_INTERVAL_S
                 self._wake.clear()
                 self._fill(pool)
-                self._wake.wait(self.poll_interval_s)
+                self._wake.wait(self._wait_s())
         finally:
             pool.shutdown(wait=True)
             stop_listening()
             log.info("worker_stopped", worker_id=self.worker_id)
+
+    def _wait_s(self) -> float:
+        """Until the next poll, or sooner if a retry this worker scheduled comes due."""
+        with self._lock:
+            due_ms = self._next_due_ms
+            if due_ms <= self.now_ms():
+                self._next_due_ms = 2**63  # due now: this pass claims it
+        return max(0.0, min(self.poll_interval_s, (due_ms - self.now_ms()) / 1000))
 
     def _beat(self) -> None:
         try:
@@ -124,8 +141,9 @@ class Worker:
         if free <= 0:
             return
         try:
-            events = self.store.claim(self.worker_id, now_ms=self.now_ms(),
-                                      lease_ms=self.lease_ms, limit=free)
+            events = self.store.claim(
+                self.worker_id, now_ms=self.now_ms(), lease_ms=self.lease_ms, limit=free
+            )
         except StoreError as exc:
             log.error("worker_claim_failed", error=str(exc))
             return
@@ -142,8 +160,12 @@ class Worker:
 
     def run_once(self) -> int:
         """Claim and deliver one batch synchronously (tests, ``relay worker --once``)."""
-        events = self.store.claim(self.worker_id, now_ms=self.now_ms(),
-                                  lease_ms=self.lease_ms, limit=self.settings.concurrency)
+        events = self.store.claim(
+            self.worker_id,
+            now_ms=self.now_ms(),
+            lease_ms=self.lease_ms,
+            limit=self.settings.concurrency,
+        )
         for event in events:
             self.process(event)
         return len(events)
@@ -167,47 +189,93 @@ class Worker:
         now_ms = self.now_ms()
         if not matches_any(event.type, self.settings.events):
             reason = "not in RELAY_EVENTS"
-            self._finish(event, Attempt(now_ms, target, None, 0.0, "skipped", reason),
-                         Outcome(Status.SKIPPED, None, reason))
+            self._finish(
+                event,
+                Attempt(now_ms, target, None, 0.0, "skipped", reason),
+                Outcome(Status.SKIPPED, None, reason),
+            )
             return
         try:
             request = self.deliverer.prepare(event, now=datetime.fromtimestamp(now_ms / 1000, UTC))
         except NoRoute:
             reason = "no RELAY_ROUTES entry for this type"
-            self._finish(event, Attempt(now_ms, target, None, 0.0, "skipped", reason),
-                         Outcome(Status.SKIPPED, None, reason))
+            self._finish(
+                event,
+                Attempt(now_ms, target, None, 0.0, "skipped", reason),
+                Outcome(Status.SKIPPED, None, reason),
+            )
             return
         except UnsafeValueError as exc:
             reason = f"cannot be made a Convex value: {exc}"
-            self._finish(event, Attempt(now_ms, target, None, 0.0, "failed", reason),
-                         Outcome(Status.FAILED, None, reason))
+            self._finish(
+                event,
+                Attempt(now_ms, target, None, 0.0, "failed", reason),
+                Outcome(Status.FAILED, None, reason),
+            )
             return
         response = self.deliverer.send(request)
-        verdict, why = classify(response.status_code, convex_status=response.convex_status,
-                                transport_error=response.transport_error)
+        verdict, why = classify(
+            response.status_code,
+            convex_status=response.convex_status,
+            transport_error=response.transport_error,
+        )
         metrics.ATTEMPT_SECONDS.observe(response.duration_ms / 1000)
-        error = None if verdict is Verdict.DELIVERED else _reason(response.status_code, why,
-                                                                   response.excerpt)
+        error = (
+            None
+            if verdict is Verdict.DELIVERED
+            else _reason(response.status_code, why, response.excerpt)
+        )
         outcome, next_in_s = self._outcome(event, verdict, error, response.retry_after)
-        attempt = Attempt(now_ms, target, response.status_code, response.duration_ms,
-                          str(verdict), error)
+        attempt = Attempt(
+            now_ms, target, response.status_code, response.duration_ms, str(verdict), error
+        )
         self._finish(event, attempt, outcome, next_in_s=next_in_s)
 
-    def _outcome(self, event: Event, verdict: Verdict, error: str | None,
-                 retry_after: str | None) -> tuple[Outcome, float | None]:
+    def _outcome(
+        self, event: Event, verdict: Verdict, error: str | None, retry_after: str | None
+    ) -> tuple[Outcome, float | None]:
         if verdict is Verdict.DELIVERED:
             return Outcome(Status.DELIVERED), None
         if verdict is Verdict.FAILED:
             return Outcome(Status.FAILED, None, error), None
-        delay = next_delay_s(event.retry_step, self.settings.retry_schedule_s, rng=self.rng,
-                             retry_after_s=parse_retry_after(retry_after, now_s=self.clock()))
+        delay = next_delay_s(
+            event.retry_step,
+            self.settings.retry_schedule_s,
+            rng=self.rng,
+            retry_after_s=parse_retry_after(retry_after, now_s=self.clock()),
+        )
         if delay is None:
             return Outcome(Status.FAILED, None, f"retries exhausted; last: {error}"), None
         return Outcome(Status.PENDING, self.now_ms() + int(delay * 1000), error), delay
 
-    def _finish(self, event: Event, attempt: Attempt, outcome: Outcome,
-                next_in_s: float | None = None) -> None:
-        kept = self.store.complete(event.id, self.worker_id, attempt, outcome)
+    def _record(self, event: Event, attempt: Attempt, outcome: Outcome) -> bool:
+        """Write the outcome, retrying while the lease lasts.
+
+        Convex has already answered: giving up here (a full disk, a lost connection)
+        would let the lease expire and send the event again. tenacity retries with
+        backoff until the write succeeds or the lease is about to run out.
+        """
+        deadline_ms = self.now_ms() + self.lease_ms // 2
+        retrying = Retrying(
+            retry=retry_if_exception_type(StoreError),
+            wait=wait_random_exponential(multiplier=0.1, max=5.0),
+            stop=_stop_recording(self, deadline_ms),
+            before_sleep=lambda state: log.warning(
+                "outcome_write_retrying",
+                attempt=state.attempt_number,
+                error=str(state.outcome.exception()) if state.outcome else None,
+            ),
+            reraise=True,
+        )
+        return retrying(self.store.complete, event.id, self.worker_id, attempt, outcome)
+
+    def _finish(
+        self, event: Event, attempt: Attempt, outcome: Outcome, next_in_s: float | None = None
+    ) -> None:
+        kept = self._record(event, attempt, outcome)
+        if outcome.next_attempt_at_ms is not None:
+            with self._lock:  # wake for our own retry instead of waiting for the next poll
+                self._next_due_ms = min(self._next_due_ms, outcome.next_attempt_at_ms)
         metrics.DELIVERIES.labels(outcome=attempt.outcome).inc()
         log.info(
             "delivery_attempted",
@@ -221,6 +289,13 @@ class Worker:
             error=attempt.error,
             lease_lost=not kept or None,
         )
+
+
+def _stop_recording(worker: Worker, deadline_ms: int) -> Callable[[RetryCallState], bool]:
+    def stop(_state: RetryCallState) -> bool:
+        return worker.now_ms() >= deadline_ms
+
+    return stop
 
 
 def _reason(status_code: int | None, why: str, excerpt: str | None) -> str:

@@ -115,6 +115,15 @@ class StoreContract:
         store.insert(make_event(event_id="msg_c", timestamp=NOW, updated_at=NOW + 5))
         assert deliver_all(store) == ["msg_a", "msg_b", "msg_c"]
 
+    def test_delete_goes_after_upserts_with_the_same_timestamp(self, store: Store) -> None:
+        """A deletion has no updated_at; among same-instant events it is delivered last."""
+        store.insert(make_event("user.deleted", event_id="msg_del", timestamp=NOW))
+        store.insert(make_event("user.updated", event_id="msg_upd", timestamp=NOW,
+                                updated_at=NOW))
+        store.insert(make_event("user.created", event_id="msg_new", timestamp=NOW,
+                                updated_at=NOW - 5))
+        assert deliver_all(store) == ["msg_new", "msg_upd", "msg_del"]
+
     def test_newer_event_waits_while_older_is_retried(self, store: Store) -> None:
         """A retrying older event blocks newer ones for the same object until it ends."""
         store.insert(make_event("user.created", event_id="msg_old", timestamp=NOW + 1))

@@ -214,13 +214,6 @@ def test_official_template_goes_wrong_without_the_relay(
     assert fronted["wrong"] < alone["wrong"]  # ...and the relay's ordering prevents it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="relay bug: a *.deleted has no updated_at, so its order key (ts, 0) sorts it "
-    "before upserts with the same envelope timestamp; Clerk's own created/updated/deleted "
-    "examples (all timestamp 1716883200) are delivered deleted-first",
-)
 def test_delete_with_same_timestamp_is_delivered_last(
     official: ConvexEmulator, scratch: Path
 ) -> None:

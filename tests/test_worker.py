@@ -400,3 +400,48 @@ def test_relay_events_skips_at_delivery(
     make_worker(settings, store, convex, events=events_glob).run_once()
     event = store.get("msg_1")
     assert event is not None and event.status == Status.SKIPPED
+
+
+class FlakyCompleteStore(SQLiteStore):
+    """A real SQLite store whose first ``complete()`` calls fail like a full disk."""
+
+    failures = 2
+
+    def complete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            from relay.errors import StoreError
+
+            raise StoreError("database or disk is full")
+        return super().complete(*args, **kwargs)
+
+
+def test_outcome_write_is_retried_not_redelivered(
+    settings: Settings, tmp_path: object, convex: ConvexStandIn
+) -> None:
+    """If recording a 200 fails briefly, the worker retries the write instead of resending."""
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    store = FlakyCompleteStore(tmp_path / "flaky.db")
+    store.migrate()
+    store.insert(make_event(event_id="msg_1"))
+    s = settings.with_overrides(convex_site_url=convex.url)
+    Worker(s, store, rng=random.Random(1)).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.DELIVERED
+    assert convex.delivered == ["msg_1"] and store.failures == 0
+
+
+def test_worker_wakes_for_its_own_retry_before_the_next_poll(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """A retry due in 200 ms shortens the loop's wait below the poll interval."""
+    clock = Clock()
+    store.insert(make_event(event_id="msg_1"))
+    convex.fail_next(1, 503)
+    worker = make_worker(settings, store, convex, clock=clock, retry_schedule_s=(0.2,))
+    worker.poll_interval_s = 5.0
+    assert worker._wait_s() == 5.0  # noqa: SLF001 - nothing scheduled yet
+    worker.run_once()
+    assert 0.0 < worker._wait_s() <= 0.2 * 1.2 + 0.01  # noqa: SLF001

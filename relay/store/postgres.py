@@ -404,8 +404,7 @@ def _insert_params(event: NewEvent | Event) -> tuple[Any, ...]:
         event.occurred_at_ms,
         event.updated_at_ms,
         event.instance_id,
-        event.occurred_at_ms or event.received_at_ms,
-        event.updated_at_ms or 0,
+        *event.order,
     )
 
 

@@ -157,7 +157,7 @@ class SQLiteStore:
             event.id, event.type, event.body, str(event.status), event.received_at_ms,
             event.object, event.entity_id, event.object_key, event.occurred_at_ms,
             event.updated_at_ms, event.instance_id,
-            event.occurred_at_ms or event.received_at_ms, event.updated_at_ms or 0,
+            *event.order,
             event.received_at_ms if event.status == Status.PENDING else None,
         )
         try:
@@ -362,7 +362,7 @@ class SQLiteStore:
                 (event.id, event.type, event.body, str(event.status), event.received_at_ms,
                  event.object, event.entity_id, event.object_key, event.occurred_at_ms,
                  event.updated_at_ms, event.instance_id,
-                 event.occurred_at_ms or event.received_at_ms, event.updated_at_ms or 0,
+                 *event.order,
                  event.attempt_count, event.retry_step, event.next_attempt_at_ms,
                  event.last_error, event.delivered_at_ms, int(event.force)),
             )
