@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 import requests
 
+from . import factories
+
 ROOT = Path(__file__).resolve().parents[1]
 EMULATOR_DIR = ROOT / "emulator"
 EXAMPLE_FUNCTIONS = ROOT / "examples" / "convex"
@@ -35,7 +37,7 @@ OFFICIAL_FUNCTIONS = ROOT / "tests" / "convex_official"
 ADMIN_KEY = "test-admin-key"
 #: The secret the emulated deployment verifies HTTP-action requests with
 #: (Convex's CLERK_WEBHOOK_SECRET = the relay's RELAY_FORWARD_SECRET).
-FORWARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+FORWARD_SECRET = factories.FORWARD_SECRET
 
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 10.0

@@ -369,7 +369,7 @@ def test_stop_finishes_attempt_in_hand(
     thread = threading.Thread(target=worker.run)
     thread.start()
     deadline = datetime.now(UTC).timestamp() + 5
-    while not worker._in_flight and datetime.now(UTC).timestamp() < deadline:  # noqa: SLF001
+    while not worker._in_flight and datetime.now(UTC).timestamp() < deadline:
         threading.Event().wait(0.01)
     worker.stop()
     thread.join(10)
@@ -442,6 +442,6 @@ def test_worker_wakes_for_its_own_retry_before_the_next_poll(
     convex.fail_next(1, 503)
     worker = make_worker(settings, store, convex, clock=clock, retry_schedule_s=(0.2,))
     worker.poll_interval_s = 5.0
-    assert worker._wait_s() == 5.0  # noqa: SLF001 - nothing scheduled yet
+    assert worker._wait_s() == 5.0
     worker.run_once()
-    assert 0.0 < worker._wait_s() <= 0.2 * 1.2 + 0.01  # noqa: SLF001
+    assert 0.0 < worker._wait_s() <= 0.2 * 1.2 + 0.01
