@@ -2,11 +2,11 @@
 
 ``relay serve`` loads this module with ``-c python:relay.gunicorn_conf``; the top-level
 ``gunicorn.conf.py`` re-exports it for a plain ``gunicorn app:app``. The relay's own
-settings (``PORT``, ``LOG_LEVEL``, ``LOG_FORMAT``) come from :meth:`relay.settings.Settings.from_env`, so gunicorn parses and validates them
-exactly as the app does, ``.env`` included. Process-manager knobs that are not relay
-configuration (``WEB_CONCURRENCY``, ``GUNICORN_THREADS``) are read from the environment
-here, as gunicorn config files conventionally do; ``GUNICORN_CMD_ARGS`` overrides any of
-this without a rebuild.
+settings (``PORT``, ``LOG_LEVEL``, ``LOG_FORMAT``) come from ``Settings.from_env()``,
+so gunicorn parses and validates them exactly as the app does, ``.env`` included.
+Process-manager knobs that are not relay configuration (``WEB_CONCURRENCY``,
+``GUNICORN_THREADS``) are read from the environment here, as gunicorn config files
+conventionally do; ``GUNICORN_CMD_ARGS`` overrides any of this without a rebuild.
 """
 
 from __future__ import annotations
