@@ -5,6 +5,12 @@ promise "nothing acknowledged is ever lost". Each thread gets its own connection
 (sqlite3 connections are not shareable across threads); writes that read first use
 ``BEGIN IMMEDIATE`` so two workers never claim the same event.
 
+Writers queue on an ``flock`` of ``<db>.lock`` before touching the database. SQLite's
+own busy handler sleeps 1, 2, 5, 10 ... 100 ms between retries when two processes
+(gunicorn workers, the delivery worker) want the write lock at once; the kernel wakes
+an ``flock`` waiter the moment the lock is free, so contention costs microseconds,
+not milliseconds. A crashed holder's lock is released by the kernel.
+
 Wake-ups: :meth:`notify` sends a datagram to a Linux abstract-namespace socket named
 after the database file, which the worker on this machine listens on. A second
 worker on the same file cannot bind it and falls back to polling.
@@ -13,6 +19,7 @@ worker on the same file cannot bind it and falls back to polling.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import socket
@@ -83,6 +90,42 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
 
+class _WriterLock:
+    """One writer at a time across every thread and process using the same file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _file(self) -> int:
+        # flock belongs to the open file description, which a forked child shares with
+        # its parent: each process opens its own.
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread_lock:
+            try:
+                fd = self._file()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise StoreError(f"cannot lock {self.path}: {exc}") from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
 class SQLiteStore:
     """Store on one SQLite file; safe for several threads and processes on one machine."""
 
@@ -96,6 +139,7 @@ class SQLiteStore:
         self._notify_sock: socket.socket | None = None
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._writer = _WriterLock(self.path.with_name(self.path.name + ".lock"))
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -126,6 +170,11 @@ class SQLiteStore:
     @contextlib.contextmanager
     def _tx(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
+        with self._writer.held():
+            yield from self._in_tx(conn, immediate)
+
+    @staticmethod
+    def _in_tx(conn: sqlite3.Connection, immediate: bool) -> Iterator[sqlite3.Connection]:
         try:
             conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
             try:
@@ -160,14 +209,16 @@ class SQLiteStore:
             *event.order,
             event.received_at_ms if event.status == Status.PENDING else None,
         )
+        conn = self._conn()
         try:
-            cur = self._conn().execute(
-                "INSERT INTO events (id, type, body, status, received_at, object, entity_id,"
-                " object_key, occurred_at, updated_at, instance_id, ord_at, ord_upd,"
-                " next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (id) DO NOTHING",
-                params,
-            )
+            with self._writer.held():
+                cur = conn.execute(
+                    "INSERT INTO events (id, type, body, status, received_at, object,"
+                    " entity_id, object_key, occurred_at, updated_at, instance_id, ord_at,"
+                    " ord_upd, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    params,
+                )
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
         return cur.rowcount == 1
@@ -385,6 +436,7 @@ class SQLiteStore:
                     conn.close()
             self._conns.clear()
         self._local = threading.local()
+        self._writer.close()
         if self._notify_sock is not None:
             self._notify_sock.close()
             self._notify_sock = None
