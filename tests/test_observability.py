@@ -1,0 +1,198 @@
+"""Metrics, readiness and logs of a real running ``relay serve`` (gunicorn + worker)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.check import sample_envelope
+
+from .factories import FORWARD_SECRET, SECRET
+from .relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
+
+pytestmark = pytest.mark.e2e
+
+DEPLOY_KEY = "prod:observability|s3cr3t-deploy-key-value"
+ADMIN_TOKEN = "admin-token-that-must-never-be-logged"
+PRIVATE_MARKER = "private-email-never-logged@example.com"
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = ",".join(sorted((m.group(2) or "").split(","))) if m.group(2) else ""
+        if got == want:
+            return float(m.group(3))
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[TrackingStandIn]:
+    with TrackingStandIn(FORWARD_SECRET).running() as cx:
+        yield cx
+
+
+@pytest.fixture(scope="module")
+def relay(
+    tmp_path_factory: pytest.TempPathFactory, standin: TrackingStandIn
+) -> Iterator[RelayProcess]:
+    workdir = tmp_path_factory.mktemp("observed")
+    env = relay_env(
+        workdir,
+        CONVEX_SITE_URL=standin.url,
+        RELAY_FORWARD_SECRET=FORWARD_SECRET,
+        CONVEX_DEPLOY_KEY=DEPLOY_KEY,
+        RELAY_ADMIN_TOKEN=ADMIN_TOKEN,
+        WEB_CONCURRENCY="2",
+    )
+    with RelayProcess(workdir, env) as proc:
+        yield proc
+
+
+def _send(relay: RelayProcess, n: int, event_type: str = "user.created") -> list[str]:
+    ids = []
+    for i in range(n):
+        envelope = sample_envelope(event_type, 1_700_000_000_000 + i)
+        envelope["data"]["email_addresses"][0]["email_address"] = PRIVATE_MARKER  # type: ignore[index]
+        body = json.dumps(envelope).encode()
+        response = relay.post_event(body)
+        assert response.status_code == 200
+        ids.append(response.json()["id"])
+    return ids
+
+
+def test_metrics_sum_every_process(relay: RelayProcess, standin: TrackingStandIn) -> None:
+    """Counters from both gunicorn workers and the delivery worker add up in /metrics."""
+    before = relay.get("/metrics").text
+    ids = _send(relay, 12)
+    wait_until(lambda: all(standin.delivery_count(i) == 1 for i in ids), 30, "deliveries")
+
+    def settled() -> str | None:
+        text = relay.get("/metrics").text
+        done = metric(text, "relay_deliveries_total", outcome="delivered") - metric(
+            before, "relay_deliveries_total", outcome="delivered"
+        )
+        return text if done >= 12 else None
+
+    text = wait_until(settled, 20, "delivery counters")
+    received = metric(
+        text, "relay_events_received_total", type="user.created", outcome="accepted"
+    ) - metric(before, "relay_events_received_total", type="user.created", outcome="accepted")
+    assert received == 12
+    assert metric(text, "relay_delivery_attempt_seconds_count") >= 12
+    assert metric(text, "relay_events", status="delivered") >= 12
+    assert metric(text, "relay_events", status="pending") == 0
+    assert metric(text, "relay_oldest_pending_age_seconds") == 0
+    assert 0 <= metric(text, "relay_worker_heartbeat_age_seconds") < 30
+
+
+def test_rejections_are_counted(relay: RelayProcess) -> None:
+    """A request that fails verification is counted as rejected with its status."""
+    before = metric(
+        relay.get("/metrics").text,
+        "relay_events_received_total",
+        type="unknown",
+        outcome="rejected_401",
+    )
+    body = b'{"type":"user.created"}'
+    response = relay.post(
+        "/webhooks/clerk",
+        body,
+        {
+            "svix-id": "msg_bad",
+            "svix-timestamp": str(int(time.time())),
+            "svix-signature": "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        },
+    )
+    assert response.status_code == 401
+    after = metric(
+        relay.get("/metrics").text,
+        "relay_events_received_total",
+        type="unknown",
+        outcome="rejected_401",
+    )
+    assert after == before + 1
+
+
+def test_readyz_reports_store_and_worker(relay: RelayProcess) -> None:
+    """/readyz is 200 with both checks ok while serve's worker runs."""
+    body = wait_until(
+        lambda: (r := relay.get("/readyz")).status_code == 200 and r.json(), 20, "readiness"
+    )
+    assert body["checks"] == {"store": "ok", "worker": "ok"}
+
+
+def test_readyz_names_a_missing_worker(tmp_path: Path, standin: TrackingStandIn) -> None:
+    """With no delivery worker (web only), /readyz is 503 and names the worker check."""
+    env = relay_env(tmp_path, CONVEX_SITE_URL=standin.url)
+    with RelayProcess(tmp_path, env, command=("serve", "--web-only")) as web:
+        response = web.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["failing"] == ["worker"]
+    assert response.json()["checks"]["store"] == "ok"
+
+
+def test_logs_are_json_lines_with_canonical_fields(
+    relay: RelayProcess, standin: TrackingStandIn
+) -> None:
+    """Every log line is JSON; requests and attempts each get one canonical line."""
+    [event_id] = _send(relay, 1, "user.updated")
+    wait_until(lambda: standin.delivery_count(event_id) == 1, 20, "delivery")
+    lines = wait_until(
+        lambda: (
+            [json.loads(x) for x in relay.log().splitlines() if event_id in x]
+            if "delivery_attempted" in relay.log()
+            else None
+        ),
+        20,
+        "log lines",
+    )
+    for raw in relay.log().splitlines():
+        json.loads(raw)  # raises on any non-JSON line (gunicorn's own included)
+    request = next(x for x in lines if x["event"] == "request_handled")
+    assert request["svix_id"] == event_id and request["status"] == 200
+    assert request["event_type"] == "user.updated" and "request_id" in request
+    assert request["duration_ms"] >= 0
+    attempt = wait_until(
+        lambda: next(
+            (
+                json.loads(x)
+                for x in relay.log().splitlines()
+                if event_id in x and "delivery_attempted" in x
+            ),
+            None,
+        ),
+        20,
+        "attempt line",
+    )
+    assert attempt["event_id"] == event_id and attempt["status"] == 200
+    assert attempt["target"].endswith("/clerk-users-webhook")
+    assert attempt["outcome"] == "delivered" and attempt["duration_ms"] >= 0
+
+
+def test_secrets_and_payloads_never_reach_the_log(relay: RelayProcess) -> None:
+    """No signing secret, deploy key, admin token or payload content is ever logged."""
+    _send(relay, 2)
+    log = relay.log()
+    assert log  # the relay did log
+    for secret in (
+        SECRET,
+        SECRET.removeprefix("whsec_"),
+        FORWARD_SECRET,
+        FORWARD_SECRET.removeprefix("whsec_"),
+        DEPLOY_KEY,
+        ADMIN_TOKEN,
+    ):
+        assert secret not in log
+    assert PRIVATE_MARKER not in log
