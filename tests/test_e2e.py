@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from svix.webhooks import Webhook, WebhookVerificationError
 
-from relay.models import Event, Status, to_ms
+from relay.models import Event, Status, order_key, to_ms
 from relay.store.sqlite import SQLiteStore
 
 from .factories import FORWARD_SECRET, SECOND_SECRET, SECRET, fixture_paths, make_envelope
@@ -129,7 +129,9 @@ def mutations_for(standin: TrackingStandIn, entity_id: str) -> list[dict[str, An
 def _order_key(path: Path) -> tuple[int, int, str]:
     envelope = json.loads(path.read_bytes())
     data = envelope.get("data") or {}
-    return (to_ms(envelope.get("timestamp")) or 0, to_ms(data.get("updated_at")) or 0, path.name)
+    at, upd = order_key(envelope["type"], to_ms(envelope.get("timestamp")), 0,
+                        to_ms(data.get("updated_at")))
+    return at, upd, path.name
 
 
 def test_every_clerk_fixture_is_forwarded_byte_for_byte_and_re_signed(

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from relay.models import Event, Status
+from relay.models import Event, Status, order_key, to_ms
 from relay.store.sqlite import SQLiteStore
 
 from .clerk_histories import (
@@ -158,10 +158,18 @@ def tag() -> str:
 # -- tests ----------------------------------------------------------------------------
 
 
+def _clerk_order(body: bytes) -> tuple[int, int]:
+    envelope = json.loads(body)
+    data = envelope.get("data") or {}
+    return order_key(envelope["type"], to_ms(envelope.get("timestamp")), 0,
+                     to_ms(data.get("updated_at")))
+
+
 def test_every_clerk_fixture_syncs(wiring: Wiring, emulator: ConvexEmulator) -> None:
     """All 46 Clerk fixtures (bytes as shipped) plus a live org end in the exact rows."""
     t = tag()
-    fixtures = [path.read_bytes() for path in fixture_paths()]
+    # Sent in Clerk's order (the relay's order key: timestamp, updated_at, deletes last).
+    fixtures = sorted((path.read_bytes() for path in fixture_paths()), key=_clerk_order)
     sent = [ClerkEvent(f"msg_fx{n}_{t}", json.loads(body), body) for n, body in enumerate(fixtures)]
     ada = "user_29w83sxmDNGwOuEthce5gg56FcC"  # user.created-2: never deleted
     org, mem = f"org_live{t}", f"orgmem_live{t}"
