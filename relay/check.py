@@ -59,8 +59,12 @@ def _reach_convex(settings: Settings) -> tuple[str, bool, str]:
                 return "convex", True, "function API answers and accepts the deploy key"
             return "convex", False, f"unexpected HTTP {reply.status_code}"
         # An unsigned POST: a verifying HTTP action answers 4xx; a missing route answers 404.
-        reply = requests.post(settings.target_url, data=b"{}", timeout=CHECK_TIMEOUT_S,
-                              headers={"content-type": "application/json"})
+        reply = requests.post(
+            settings.target_url,
+            data=b"{}",
+            timeout=CHECK_TIMEOUT_S,
+            headers={"content-type": "application/json"},
+        )
         if reply.status_code == 404:
             return "convex", False, f"no HTTP action at {settings.target_url} (404)"
         answer = f"HTTP {reply.status_code} to an unsigned probe"
@@ -77,8 +81,13 @@ def sample_envelope(event_type: str, now_ms: int) -> dict[str, object]:
         "id": uid,
         "first_name": "Relay",
         "last_name": "Test",
-        "email_addresses": [{"id": "idn_relaytest", "object": "email_address",
-                             "email_address": "relay-test@example.com"}],
+        "email_addresses": [
+            {
+                "id": "idn_relaytest",
+                "object": "email_address",
+                "email_address": "relay-test@example.com",
+            }
+        ],
         "primary_email_address_id": "idn_relaytest",
         "public_metadata": {},
         "created_at": now_ms,
@@ -86,8 +95,13 @@ def sample_envelope(event_type: str, now_ms: int) -> dict[str, object]:
     }
     if event_type.endswith(".deleted"):
         data = {"object": data["object"], "id": uid, "deleted": True}
-    return {"object": "event", "type": event_type, "timestamp": now_ms,
-            "instance_id": "ins_relaytest", "data": data}
+    return {
+        "object": "event",
+        "type": event_type,
+        "timestamp": now_ms,
+        "instance_id": "ins_relaytest",
+        "data": data,
+    }
 
 
 def send_test_event(url: str, secret: str, event_type: str) -> tuple[int, str]:
@@ -101,6 +115,10 @@ def send_test_event(url: str, secret: str, event_type: str) -> tuple[int, str]:
         "svix-timestamp": str(int(now.timestamp())),
         "svix-signature": Webhook(secret).sign(msg_id, now, body),
     }
-    reply = requests.post(f"{url.rstrip('/')}/webhooks/clerk", data=body.encode(),
-                          headers=headers, timeout=CHECK_TIMEOUT_S)
+    reply = requests.post(
+        f"{url.rstrip('/')}/webhooks/clerk",
+        data=body.encode(),
+        headers=headers,
+        timeout=CHECK_TIMEOUT_S,
+    )
     return reply.status_code, reply.text.strip()

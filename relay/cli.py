@@ -96,11 +96,21 @@ def _fmt_ms(ms: int | None) -> str:
 def _table(events: list[Event]) -> str:
     rows = [("ID", "TYPE", "STATUS", "ENTITY", "RECEIVED (UTC)", "TRIES", "LAST ERROR")]
     for e in events:
-        rows.append((e.id, e.type, str(e.status), e.entity_id or "-", _fmt_ms(e.received_at_ms),
-                     str(e.attempt_count), (e.last_error or "")[:60]))
+        rows.append(
+            (
+                e.id,
+                e.type,
+                str(e.status),
+                e.entity_id or "-",
+                _fmt_ms(e.received_at_ms),
+                str(e.attempt_count),
+                (e.last_error or "")[:60],
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,12 +166,22 @@ def _filter_options(fn: Callable[P, R]) -> Callable[P, R]:
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array (stable for scripts).")
 @handles_errors
-def events(status: tuple[str, ...], type_glob: str | None, entity: str | None,
-           since: str | None, limit: int, as_json: bool) -> None:
+def events(
+    status: tuple[str, ...],
+    type_glob: str | None,
+    entity: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """List events, newest first."""
     store = _store(_settings())
-    flt = EventFilter(statuses=tuple(Status(s) for s in status), type_glob=type_glob,
-                      entity_id=entity, since_ms=_since(since, time.time()))
+    flt = EventFilter(
+        statuses=tuple(Status(s) for s in status),
+        type_glob=type_glob,
+        entity_id=entity,
+        since_ms=_since(since, time.time()),
+    )
     page = store.list_events(flt, limit=limit)
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in page.events], indent=2))
@@ -196,52 +216,89 @@ def show(event_id: str, as_json: bool, body: bool) -> None:
     click.echo(f"{'lastError':>14}: {data['lastError'] or '-'}")
     click.echo(f"\nattempts ({len(event.attempts)}):")
     for a in event.attempts:
-        click.echo(f"  {_fmt_ms(a.at_ms)}  {a.outcome:<9} {a.status_code or '-':>4}"
-                   f"  {a.duration_ms:8.1f} ms  {a.error or ''}")
+        click.echo(
+            f"  {_fmt_ms(a.at_ms)}  {a.outcome:<9} {a.status_code or '-':>4}"
+            f"  {a.duration_ms:8.1f} ms  {a.error or ''}"
+        )
     if body:
         click.echo("\nbody:\n" + event.body.decode("utf-8", "replace"))
 
 
 @main.command()
 @click.argument("ids", nargs=-1)
-@click.option("--status", type=click.Choice(["failed", "skipped", "delivered", "superseded"]),
-              multiple=True, help="With no ids: which statuses (default failed).")
+@click.option(
+    "--status",
+    type=click.Choice(["failed", "skipped", "delivered", "superseded"]),
+    multiple=True,
+    help="With no ids: which statuses (default failed).",
+)
 @_filter_options
 @click.option("--force", is_flag=True, help="Also replay superseded/delivered events.")
 @click.option("--dry-run", is_flag=True, help="Only say what would be replayed.")
 @click.option("--json", "as_json", is_flag=True)
 @handles_errors
-def replay(ids: tuple[str, ...], status: tuple[str, ...], type_glob: str | None,
-           entity: str | None, since: str | None, force: bool, dry_run: bool,
-           as_json: bool) -> None:
+def replay(
+    ids: tuple[str, ...],
+    status: tuple[str, ...],
+    type_glob: str | None,
+    entity: str | None,
+    since: str | None,
+    force: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Deliver events again: by id, or every failed event matching the filters."""
     if ids and (status or type_glob or entity or since):
         raise click.UsageError("give event ids or filters, not both")
     store = _store(_settings())
     now_ms = int(time.time() * 1000)
-    base = EventFilter(ids=ids, statuses=tuple(Status(s) for s in status), type_glob=type_glob,
-                       entity_id=entity, since_ms=_since(since, now_ms / 1000))
+    base = EventFilter(
+        ids=ids,
+        statuses=tuple(Status(s) for s in status),
+        type_glob=type_glob,
+        entity_id=entity,
+        since_ms=_since(since, now_ms / 1000),
+    )
     allowed = tuple(Status(s) for s in replayable_statuses(base, force=force))
-    matching = list(_all_ids(store, EventFilter(
-        ids=base.ids, statuses=allowed, type_glob=base.type_glob,
-        entity_id=base.entity_id, since_ms=base.since_ms)))
+    matching = list(
+        _all_ids(
+            store,
+            EventFilter(
+                ids=base.ids,
+                statuses=allowed,
+                type_glob=base.type_glob,
+                entity_id=base.entity_id,
+                since_ms=base.since_ms,
+            ),
+        )
+    )
     if dry_run:
-        _report({"wouldReplay": len(matching), "ids": matching}, as_json,
-                f"would replay {len(matching)} event(s)")
+        _report(
+            {"wouldReplay": len(matching), "ids": matching},
+            as_json,
+            f"would replay {len(matching)} event(s)",
+        )
         return
     replayed: list[str] = []
-    chunks = [matching[i:i + REPLAY_CHUNK] for i in range(0, len(matching), REPLAY_CHUNK)]
+    chunks = [matching[i : i + REPLAY_CHUNK] for i in range(0, len(matching), REPLAY_CHUNK)]
     show_bar = len(matching) > REPLAY_CHUNK and not as_json
-    with click.progressbar(chunks, label="replaying", show_pos=True,
-                           file=sys.stderr if show_bar else _Null()) as bar:  # type: ignore[arg-type]
+    with click.progressbar(
+        chunks, label="replaying", show_pos=True, file=sys.stderr if show_bar else _Null()
+    ) as bar:  # type: ignore[arg-type]
         for chunk in bar:
             replayed += store.replay(EventFilter(ids=tuple(chunk)), now_ms=now_ms, force=force)
     missing = sorted(set(ids) - set(replayed))
-    _report({"replayed": len(replayed), "ids": replayed, "notReplayed": missing}, as_json,
-            f"queued {len(replayed)} event(s) for delivery")
+    _report(
+        {"replayed": len(replayed), "ids": replayed, "notReplayed": missing},
+        as_json,
+        f"queued {len(replayed)} event(s) for delivery",
+    )
     if missing:
-        click.echo(f"not replayed (unknown, in flight, or superseded without --force): "
-                   f"{', '.join(missing)}", err=True)
+        click.echo(
+            f"not replayed (unknown, in flight, or superseded without --force): "
+            f"{', '.join(missing)}",
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -335,9 +392,11 @@ def migrate_store_cmd(source: str, dest: str) -> None:
     finally:
         src.close()
         dst.close()
-    click.echo(f"examined {report.examined}, copied {report.copied} "
-               f"(with {report.attempts_copied} attempts), already present "
-               f"{report.already_present}")
+    click.echo(
+        f"examined {report.examined}, copied {report.copied} "
+        f"(with {report.attempts_copied} attempts), already present "
+        f"{report.already_present}"
+    )
 
 
 @main.group()

@@ -122,8 +122,9 @@ class Deliverer:
                 args = {"clerkUserId": data.get("id")}  # the official template's delete
             else:
                 args = {"data": convex_safe(data, path="data")}
-        body = json.dumps({"path": function, "args": args, "format": "json"},
-                          separators=(",", ":")).encode()
+        body = json.dumps(
+            {"path": function, "args": args, "format": "json"}, separators=(",", ":")
+        ).encode()
         headers = {
             "content-type": "application/json",
             "authorization": f"Convex {self.settings.convex_deploy_key}",
@@ -151,8 +152,14 @@ class Deliverer:
             convex_status = _convex_status(reply.content)
         ok = 200 <= reply.status_code < 300 and convex_status != "error"
         excerpt = None if ok else _excerpt(reply)
-        return Response(reply.status_code, duration, convex_status,
-                        reply.headers.get("Retry-After"), None, excerpt)
+        return Response(
+            reply.status_code,
+            duration,
+            convex_status,
+            reply.headers.get("Retry-After"),
+            None,
+            excerpt,
+        )
 
 
 def _ms(started: float) -> float:

@@ -52,7 +52,9 @@ def receive() -> tuple[Response, int]:
         event_type = envelope["type"]
         g.log_fields["event_type"] = event_type
         event = NewEvent.from_envelope(
-            svix.id, body, envelope,
+            svix.id,
+            body,
+            envelope,
             received_at_ms=int(time.time() * 1000),
             status=_initial_status(settings, event_type),
         )
@@ -87,7 +89,7 @@ def _parse(body: bytes) -> dict[str, Any]:
     if not isinstance(envelope, dict):
         raise BadRequest("body is not a JSON object", code="bad_body")
     if not isinstance(envelope.get("type"), str) or not envelope["type"]:
-        raise BadRequest("body has no string field \"type\"", code="bad_body")
+        raise BadRequest('body has no string field "type"', code="bad_body")
     return envelope
 
 

@@ -79,8 +79,7 @@ def render(store: Store) -> tuple[bytes, str]:
         from prometheus_client import REGISTRY
 
         registry = REGISTRY  # single process: the default registry has our counters
-        return generate_latest(registry) + generate_latest(_store_only(store)), \
-            CONTENT_TYPE_LATEST
+        return generate_latest(registry) + generate_latest(_store_only(store)), CONTENT_TYPE_LATEST
     registry.register(StoreCollector(store))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 

@@ -54,8 +54,13 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     }
     if not web_only:
         children["worker"] = subprocess.Popen([sys.executable, "-m", "relay", "worker"], env=env)
-    log.info("serve_started", port=settings.port, database=_display(settings),
-             target=settings.target, **{f"{k}_pid": p.pid for k, p in children.items()})
+    log.info(
+        "serve_started",
+        port=settings.port,
+        database=_display(settings),
+        target=settings.target,
+        **{f"{k}_pid": p.pid for k, p in children.items()},
+    )
 
     stopping = threading.Event()
 
@@ -85,8 +90,9 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     return 0 if clean else 1
 
 
-def _wait_any(children: dict[str, subprocess.Popen[bytes]],
-              stopping: threading.Event) -> tuple[str, int]:
+def _wait_any(
+    children: dict[str, subprocess.Popen[bytes]], stopping: threading.Event
+) -> tuple[str, int]:
     """Block until a signal arrives ("", 0) or a child exits (its name and code)."""
     while not stopping.is_set():
         for name, proc in children.items():

@@ -21,7 +21,18 @@ PayloadMode = Literal["raw", "normalized"]
 #: Gaps between attempts: exponential, jittered upward at run time, spanning > 3 days
 #: (Clerk's own Svix schedule gives up after ~27.6 h; the relay outlasts a long outage).
 DEFAULT_RETRY_SCHEDULE_S: tuple[float, ...] = (
-    5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 86400,
+    5,
+    30,
+    120,
+    600,
+    1800,
+    3600,
+    7200,
+    14400,
+    28800,
+    43200,
+    86400,
+    86400,
 )
 
 #: Convex's official Clerk template (docs.convex.dev/auth/database-auth).
@@ -30,8 +41,15 @@ DEFAULT_ROUTES_SPEC = (
 )
 
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3,
-               "kb": 1000, "mb": 1000**2}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "kb": 1000,
+    "mb": 1000**2,
+}
 _SECRET_RE = re.compile(r"^whsec_[A-Za-z0-9+/=]{8,}$")
 _FUNCTION_RE = re.compile(r"^[A-Za-z0-9_/.\-]+:[A-Za-z_][A-Za-z0-9_]*$")
 _INCLUDABLE = frozenset({"private_metadata", "event_attributes", "unsafe_metadata"})
@@ -70,6 +88,9 @@ class Settings:
     port: int = 8000
     log_level: str = "info"
     log_format: Literal["json", "console"] | None = None
+    #: Proxies in front of the relay whose X-Forwarded-For is trusted (Fly: 1). Only
+    #: then is the client address (admin rate limit, logs) the real client's.
+    trusted_proxies: int = 0
     #: Age of the oldest pending event above which /readyz and the console warn.
     backlog_warn_s: float = 900.0
     #: A worker whose last heartbeat is older than this is taken to be dead.
@@ -126,7 +147,8 @@ class Settings:
         if self.target == "http-action":
             if not self.convex_site_url:
                 raise ConfigError(
-                    "CONVEX_SITE_URL", "is required for RELAY_TARGET=http-action",
+                    "CONVEX_SITE_URL",
+                    "is required for RELAY_TARGET=http-action",
                     "https://happy-otter-123.convex.site",
                 )
             if not self.forward_secret:
@@ -139,7 +161,8 @@ class Settings:
         if self.target == "mutation":
             if not self.convex_url:
                 raise ConfigError(
-                    "CONVEX_URL", "is required for RELAY_TARGET=mutation",
+                    "CONVEX_URL",
+                    "is required for RELAY_TARGET=mutation",
                     "https://happy-otter-123.convex.cloud",
                 )
             if not self.convex_deploy_key:
@@ -238,7 +261,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
     if v := get("RELAY_FORWARD_SECRET"):
         if not _SECRET_RE.match(v):
             raise ConfigError(
-                "RELAY_FORWARD_SECRET", "must look like whsec_<base64>",
+                "RELAY_FORWARD_SECRET",
+                "must look like whsec_<base64>",
                 "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             )
         kw["forward_secret"] = v
@@ -253,7 +277,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
     if v := get("RELAY_DATABASE_URL"):
         if not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError(
-                "RELAY_DATABASE_URL", f"unsupported URL {v.split('://')[0]!r}",
+                "RELAY_DATABASE_URL",
+                f"unsupported URL {v.split('://')[0]!r}",
                 "sqlite:///data/relay.db",
             )
         kw["database_url"] = v
@@ -273,7 +298,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
     if v := get("RELAY_ADMIN_TOKEN"):
         if len(v) < 16:
             raise ConfigError(
-                "RELAY_ADMIN_TOKEN", "is too short (at least 16 characters)",
+                "RELAY_ADMIN_TOKEN",
+                "is too short (at least 16 characters)",
                 "$(openssl rand -hex 32)",
             )
         kw["admin_token"] = v
@@ -283,8 +309,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         names = frozenset(_split(v))
         if unknown := names - _INCLUDABLE:
             raise ConfigError(
-                "RELAY_INCLUDE", f"unknown field(s) {sorted(unknown)}; choose from "
-                f"{sorted(_INCLUDABLE)}", "private_metadata",
+                "RELAY_INCLUDE",
+                f"unknown field(s) {sorted(unknown)}; choose from {sorted(_INCLUDABLE)}",
+                "private_metadata",
             )
         kw["include"] = names
     if v := get("RELAY_MAX_BODY"):
@@ -301,6 +328,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
         if v not in ("json", "console"):
             raise ConfigError("LOG_FORMAT", f"{v!r} is not json or console", "json")
         kw["log_format"] = v
+    if v := get("RELAY_TRUSTED_PROXIES"):
+        if not v.isdigit() or int(v) > 5:
+            raise ConfigError("RELAY_TRUSTED_PROXIES", f"{v!r} is not a number from 0 to 5", "1")
+        kw["trusted_proxies"] = int(v)
     if v := get("RELAY_BACKLOG_WARN"):
         kw["backlog_warn_s"] = parse_duration_s("RELAY_BACKLOG_WARN", v)
     return Settings(**kw)  # type: ignore[arg-type]

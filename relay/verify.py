@@ -43,16 +43,21 @@ def read_headers(headers: Mapping[str, str]) -> SvixHeaders:
         return value.strip()
 
     msg_id, ts, sig = get("id"), get("timestamp"), get("signature")
-    missing = [n for n, v in (("svix-id", msg_id), ("svix-timestamp", ts),
-                              ("svix-signature", sig)) if not v]
+    missing = [
+        n
+        for n, v in (("svix-id", msg_id), ("svix-timestamp", ts), ("svix-signature", sig))
+        if not v
+    ]
     if missing:
         raise BadRequest(f"missing header(s): {', '.join(missing)}", code="missing_headers")
     if len(msg_id) > 255 or not msg_id.isprintable():
-        raise BadRequest("svix-id is not a printable id of at most 255 characters",
-                         code="bad_headers")
+        raise BadRequest(
+            "svix-id is not a printable id of at most 255 characters", code="bad_headers"
+        )
     if not ts.isdigit() or len(ts) > 11:
-        raise BadRequest("svix-timestamp must be integer seconds since the epoch",
-                         code="bad_headers")
+        raise BadRequest(
+            "svix-timestamp must be integer seconds since the epoch", code="bad_headers"
+        )
     if not any(part.startswith("v1,") for part in sig.split()):
         raise BadRequest("svix-signature has no v1 signature", code="bad_headers")
     return SvixHeaders(msg_id, int(ts), sig)
@@ -70,14 +75,18 @@ class Verifier:
         """Return the headers if some secret signed ``body``; raise 400/401 otherwise."""
         svix = read_headers(headers)
         if abs(now_s - svix.timestamp) > TOLERANCE_S:
-            raise Unauthorized("svix-timestamp is outside the 5 minute tolerance",
-                               code="stale_timestamp")
+            raise Unauthorized(
+                "svix-timestamp is outside the 5 minute tolerance", code="stale_timestamp"
+            )
         try:
             body.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("body is not UTF-8", code="bad_body") from None
-        plain = {"svix-id": svix.id, "svix-timestamp": str(svix.timestamp),
-                 "svix-signature": svix.signature}
+        plain = {
+            "svix-id": svix.id,
+            "svix-timestamp": str(svix.timestamp),
+            "svix-signature": svix.signature,
+        }
         for webhook in self._webhooks:
             try:
                 webhook.verify(body, plain)

@@ -15,6 +15,7 @@ import uuid
 import structlog
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from relay.errors import HTTPError
 from relay.logs import configure_logging
@@ -56,6 +57,11 @@ def build_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_level, settings.log_format)
 
     app = Flask("relay")
+    if settings.trusted_proxies:
+        # Behind Fly's proxy every request comes from the proxy's address; trust exactly
+        # as many X-Forwarded-* hops as configured, never more (they are spoofable).
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["relay"] = Runtime(settings)

@@ -61,13 +61,20 @@ class ConvexStandIn:
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def fail_next(self, n: int, status: int = 503, *, retry_after: str | None = None,
-                  body: dict[str, Any] | None = None) -> None:
+    def fail_next(
+        self,
+        n: int,
+        status: int = 503,
+        *,
+        retry_after: str | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
         """The next ``n`` requests get ``status`` (with optional Retry-After)."""
         with self.lock:
             for _ in range(n):
                 self.script.replies.append(
-                    {"status": status, "retry_after": retry_after, "body": body})
+                    {"status": status, "retry_after": retry_after, "body": body}
+                )
 
     def function_error_next(self, n: int, message: str = "Uncaught Error: boom") -> None:
         """The next ``n`` mutations reply 200 ``{"status": "error"}`` (a function error)."""
@@ -106,8 +113,9 @@ class ConvexStandIn:
             self.server.shutdown()
             self.server.server_close()
 
-    def _handle(self, path: str, headers: dict[str, str],
-                body: bytes) -> tuple[int, Any, dict[str, str]]:
+    def _handle(
+        self, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, Any, dict[str, str]]:
         headers = {k.lower(): v for k, v in headers.items()}
         with self.lock:
             scripted = self.script.replies.pop(0) if self.script.replies else None
@@ -119,12 +127,19 @@ class ConvexStandIn:
             self.received.append(Received(path, headers, body, status, time.time()))
         return status, payload, extra
 
-    def _answer(self, path: str, headers: dict[str, str], body: bytes,
-                scripted: dict[str, Any] | None) -> tuple[int, Any, dict[str, str]]:
+    def _answer(
+        self, path: str, headers: dict[str, str], body: bytes, scripted: dict[str, Any] | None
+    ) -> tuple[int, Any, dict[str, str]]:
         if path == "/api/mutation":
             if headers.get("authorization") != f"Convex {self.deploy_key}":
-                return 401, {"code": "BadAdminKey",
-                             "message": "The provided admin key was invalid for this instance"}, {}
+                return (
+                    401,
+                    {
+                        "code": "BadAdminKey",
+                        "message": "The provided admin key was invalid for this instance",
+                    },
+                    {},
+                )
         elif path == "/clerk-users-webhook":
             try:  # exactly what Convex's template does with CLERK_WEBHOOK_SECRET
                 self.webhook.verify(body, headers)

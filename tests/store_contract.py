@@ -16,8 +16,9 @@ LEASE = 30_000
 
 
 def attempt(outcome: str = "delivered", code: int | None = 200) -> Attempt:
-    return Attempt(at_ms=NOW, target="http://convex", status_code=code, duration_ms=1.5,
-                   outcome=outcome)
+    return Attempt(
+        at_ms=NOW, target="http://convex", status_code=code, duration_ms=1.5, outcome=outcome
+    )
 
 
 def deliver_all(store: Store, worker: str = "w1", now: int = NOW) -> list[str]:
@@ -77,8 +78,9 @@ class StoreContract:
         """A retry sets next_attempt_at; the event is not claimable before then."""
         store.insert(make_event(event_id="msg_1"))
         store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=5)
-        store.complete("msg_1", "w1", attempt("retry", 503),
-                       Outcome(Status.PENDING, NOW + 5000, "HTTP 503"))
+        store.complete(
+            "msg_1", "w1", attempt("retry", 503), Outcome(Status.PENDING, NOW + 5000, "HTTP 503")
+        )
         assert store.claim("w1", now_ms=NOW + 4999, lease_ms=LEASE, limit=5) == []
         got = store.claim("w1", now_ms=NOW + 5000, lease_ms=LEASE, limit=5)
         assert [e.id for e in got] == ["msg_1"]
@@ -118,10 +120,10 @@ class StoreContract:
     def test_delete_goes_after_upserts_with_the_same_timestamp(self, store: Store) -> None:
         """A deletion has no updated_at; among same-instant events it is delivered last."""
         store.insert(make_event("user.deleted", event_id="msg_del", timestamp=NOW))
-        store.insert(make_event("user.updated", event_id="msg_upd", timestamp=NOW,
-                                updated_at=NOW))
-        store.insert(make_event("user.created", event_id="msg_new", timestamp=NOW,
-                                updated_at=NOW - 5))
+        store.insert(make_event("user.updated", event_id="msg_upd", timestamp=NOW, updated_at=NOW))
+        store.insert(
+            make_event("user.created", event_id="msg_new", timestamp=NOW, updated_at=NOW - 5)
+        )
         assert deliver_all(store) == ["msg_new", "msg_upd", "msg_del"]
 
     def test_newer_event_waits_while_older_is_retried(self, store: Store) -> None:
@@ -129,13 +131,15 @@ class StoreContract:
         store.insert(make_event("user.created", event_id="msg_old", timestamp=NOW + 1))
         store.insert(make_event("user.updated", event_id="msg_new", timestamp=NOW + 2))
         [old] = store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)
-        store.complete(old.id, "w1", attempt("retry", 503),
-                       Outcome(Status.PENDING, NOW + 60_000, "HTTP 503"))
+        store.complete(
+            old.id, "w1", attempt("retry", 503), Outcome(Status.PENDING, NOW + 60_000, "HTTP 503")
+        )
         assert store.claim("w1", now_ms=NOW + 1000, lease_ms=LEASE, limit=10) == []
         [again] = store.claim("w1", now_ms=NOW + 60_000, lease_ms=LEASE, limit=10)
         store.complete(again.id, "w1", attempt("failed", 400), Outcome(Status.FAILED, None, "x"))
-        assert [e.id for e in store.claim("w1", now_ms=NOW + 60_001, lease_ms=LEASE, limit=10)] \
-            == ["msg_new"]
+        assert [e.id for e in store.claim("w1", now_ms=NOW + 60_001, lease_ms=LEASE, limit=10)] == [
+            "msg_new"
+        ]
 
     def test_stale_upsert_is_superseded(self, store: Store) -> None:
         """An update older than one already delivered becomes superseded, not delivered."""
@@ -201,9 +205,14 @@ class StoreContract:
     def test_list_filters_and_pages_newest_first(self, store: Store) -> None:
         """Filters by status, type glob, entity and time; cursor pages without overlap."""
         for i in range(7):
-            store.insert(make_event("organization.updated" if i % 2 else "user.updated",
-                                    event_id=f"msg_{i}", entity_id=f"e_{i % 3}",
-                                    received_at_ms=NOW + i))
+            store.insert(
+                make_event(
+                    "organization.updated" if i % 2 else "user.updated",
+                    event_id=f"msg_{i}",
+                    entity_id=f"e_{i % 3}",
+                    received_at_ms=NOW + i,
+                )
+            )
         page = store.list_events(EventFilter(), limit=3)
         assert [e.id for e in page.events] == ["msg_6", "msg_5", "msg_4"]
         assert page.next_cursor is not None
@@ -228,15 +237,25 @@ class StoreContract:
     def test_purge_deletes_only_finished_old_events(self, store: Store) -> None:
         """purge removes delivered/skipped/superseded before the cutoff, never pending/failed."""
         store.insert(make_event(event_id="msg_done", entity_id="a", received_at_ms=NOW))
-        store.insert(make_event(event_id="msg_skip", entity_id="b", received_at_ms=NOW,
-                                status=Status.SKIPPED))
-        store.insert(make_event(event_id="msg_fail", entity_id="c", received_at_ms=NOW,
-                                status=Status.FAILED))
+        store.insert(
+            make_event(
+                event_id="msg_skip", entity_id="b", received_at_ms=NOW, status=Status.SKIPPED
+            )
+        )
+        store.insert(
+            make_event(event_id="msg_fail", entity_id="c", received_at_ms=NOW, status=Status.FAILED)
+        )
         store.insert(make_event(event_id="msg_pend", entity_id="d", received_at_ms=NOW + 10))
         store.claim("w", now_ms=NOW, lease_ms=LEASE, limit=1)  # msg_done only (oldest due)
         store.complete("msg_done", "w", attempt(), Outcome(Status.DELIVERED))
-        store.insert(make_event(event_id="msg_recent", entity_id="e",
-                                received_at_ms=NOW + 100, status=Status.SKIPPED))
+        store.insert(
+            make_event(
+                event_id="msg_recent",
+                entity_id="e",
+                received_at_ms=NOW + 100,
+                status=Status.SKIPPED,
+            )
+        )
         assert store.purge(older_than_ms=NOW + 50) == 2
         assert store.get("msg_done") is None and store.get("msg_skip") is None
         assert store.get("msg_fail") is not None and store.get("msg_pend") is not None

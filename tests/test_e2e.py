@@ -129,8 +129,9 @@ def mutations_for(standin: TrackingStandIn, entity_id: str) -> list[dict[str, An
 def _order_key(path: Path) -> tuple[int, int, str]:
     envelope = json.loads(path.read_bytes())
     data = envelope.get("data") or {}
-    at, upd = order_key(envelope["type"], to_ms(envelope.get("timestamp")), 0,
-                        to_ms(data.get("updated_at")))
+    at, upd = order_key(
+        envelope["type"], to_ms(envelope.get("timestamp")), 0, to_ms(data.get("updated_at"))
+    )
     return at, upd, path.name
 
 

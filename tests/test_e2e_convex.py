@@ -161,8 +161,9 @@ def tag() -> str:
 def _clerk_order(body: bytes) -> tuple[int, int]:
     envelope = json.loads(body)
     data = envelope.get("data") or {}
-    return order_key(envelope["type"], to_ms(envelope.get("timestamp")), 0,
-                     to_ms(data.get("updated_at")))
+    return order_key(
+        envelope["type"], to_ms(envelope.get("timestamp")), 0, to_ms(data.get("updated_at"))
+    )
 
 
 def test_every_clerk_fixture_syncs(wiring: Wiring, emulator: ConvexEmulator) -> None:

@@ -196,3 +196,19 @@ def test_acknowledged_event_is_committed_for_other_connections(
     rows = conn.execute("SELECT id FROM events").fetchall()
     conn.close()
     assert rows == [(headers["svix-id"],)]
+
+
+def test_forwarded_for_is_trusted_only_when_configured(settings: Settings) -> None:
+    """X-Forwarded-For sets the client address only with RELAY_TRUSTED_PROXIES."""
+    from flask import request
+
+    seen: list[str | None] = []
+    for hops in (0, 1):
+        app = create_app(settings.with_overrides(trusted_proxies=hops))
+        app.before_request(lambda: seen.append(request.remote_addr))
+        app.test_client().get(
+            "/healthz",
+            headers={"X-Forwarded-For": "203.0.113.9"},
+            environ_base={"REMOTE_ADDR": "10.0.0.1"},
+        )
+    assert seen == ["10.0.0.1", "203.0.113.9"]

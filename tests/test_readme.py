@@ -37,8 +37,9 @@ def test_documented_defaults_match_the_code() -> None:
     table = _table()
     s = Settings()
     assert table["RELAY_DATABASE_URL"][0] == f"`{s.database_url}`"
-    assert parse_duration_s("x", table["RELAY_DELIVERY_TIMEOUT"][0].strip("`")) == \
-        s.delivery_timeout_s
+    assert (
+        parse_duration_s("x", table["RELAY_DELIVERY_TIMEOUT"][0].strip("`")) == s.delivery_timeout_s
+    )
     assert parse_size("x", table["RELAY_MAX_BODY"][0].strip("`")) == s.max_body_bytes
     assert table["RELAY_CONCURRENCY"][0] == f"`{s.concurrency}`"
     assert table["CONVEX_WEBHOOK_PATH"][0] == f"`{s.convex_webhook_path}`"

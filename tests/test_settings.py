@@ -156,3 +156,9 @@ def test_dotenv_file_is_read(tmp_path: object, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("RELAY_CONCURRENCY", "3")  # the real environment wins
     s = Settings.from_env()
     assert s.webhook_secrets == (SECRET,) and s.concurrency == 3
+
+
+def test_trusted_proxies_parse_and_default() -> None:
+    """RELAY_TRUSTED_PROXIES is a small number of hops; 0 (trust none) by default."""
+    assert parse().trusted_proxies == 0
+    assert parse(RELAY_TRUSTED_PROXIES="1").trusted_proxies == 1

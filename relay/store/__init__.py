@@ -40,9 +40,7 @@ class Store(Protocol):
     def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
         """Lease up to ``limit`` due events, honouring per-object order."""
 
-    def complete(
-        self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome
-    ) -> bool:
+    def complete(self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome) -> bool:
         """Log the attempt and apply the outcome; False if the lease was lost meanwhile."""
 
     def release(self, event_id: str, worker_id: str) -> None:

@@ -133,9 +133,10 @@ class SQLiteStore:
         self.path = Path(path)
         self.url_for_display = f"sqlite:///{self.path}"
         self._local = threading.local()
-        self._wake_name = b"\0clerk-convex-relay-" + hashlib.sha256(
-            str(self.path.resolve()).encode()
-        ).hexdigest()[:24].encode()
+        self._wake_name = (
+            b"\0clerk-convex-relay-"
+            + hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:24].encode()
+        )
         self._notify_sock: socket.socket | None = None
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -203,9 +204,17 @@ class SQLiteStore:
 
     def insert(self, event: NewEvent) -> bool:
         params = (
-            event.id, event.type, event.body, str(event.status), event.received_at_ms,
-            event.object, event.entity_id, event.object_key, event.occurred_at_ms,
-            event.updated_at_ms, event.instance_id,
+            event.id,
+            event.type,
+            event.body,
+            str(event.status),
+            event.received_at_ms,
+            event.object,
+            event.entity_id,
+            event.object_key,
+            event.occurred_at_ms,
+            event.updated_at_ms,
+            event.instance_id,
             *event.order,
             event.received_at_ms if event.status == Status.PENDING else None,
         )
@@ -244,8 +253,7 @@ class SQLiteStore:
                         conn.execute(
                             "UPDATE events SET status = 'superseded', next_attempt_at = NULL,"
                             " last_error = ? WHERE seq = ?",
-                            (f"superseded: newer event {newer_id[0]} already delivered",
-                             event.seq),
+                            (f"superseded: newer event {newer_id[0]} already delivered", event.seq),
                         )
                         continue
                 conn.execute(
@@ -259,8 +267,15 @@ class SQLiteStore:
         with self._tx() as conn:
             conn.execute(
                 f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
-                (event_id, attempt.at_ms, attempt.target, attempt.status_code,
-                 attempt.duration_ms, attempt.outcome, attempt.error),
+                (
+                    event_id,
+                    attempt.at_ms,
+                    attempt.target,
+                    attempt.status_code,
+                    attempt.duration_ms,
+                    attempt.outcome,
+                    attempt.error,
+                ),
             )
             cur = conn.execute(
                 "UPDATE events SET status = ?, attempt_count = attempt_count + 1,"
@@ -268,8 +283,15 @@ class SQLiteStore:
                 " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
                 " lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE id = ? AND lease_owner = ?",
-                (str(outcome.status), outcome.next_attempt_at_ms, outcome.error,
-                 str(outcome.status), attempt.at_ms, event_id, worker_id),
+                (
+                    str(outcome.status),
+                    outcome.next_attempt_at_ms,
+                    outcome.error,
+                    str(outcome.status),
+                    attempt.at_ms,
+                    event_id,
+                    worker_id,
+                ),
             )
             return cur.rowcount == 1
 
@@ -410,19 +432,35 @@ class SQLiteStore:
                 " object_key, occurred_at, updated_at, instance_id, ord_at, ord_upd,"
                 " attempt_count, retry_step, next_attempt_at, last_error, delivered_at, force)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
-                (event.id, event.type, event.body, str(event.status), event.received_at_ms,
-                 event.object, event.entity_id, event.object_key, event.occurred_at_ms,
-                 event.updated_at_ms, event.instance_id,
-                 *event.order,
-                 event.attempt_count, event.retry_step, event.next_attempt_at_ms,
-                 event.last_error, event.delivered_at_ms, int(event.force)),
+                (
+                    event.id,
+                    event.type,
+                    event.body,
+                    str(event.status),
+                    event.received_at_ms,
+                    event.object,
+                    event.entity_id,
+                    event.object_key,
+                    event.occurred_at_ms,
+                    event.updated_at_ms,
+                    event.instance_id,
+                    *event.order,
+                    event.attempt_count,
+                    event.retry_step,
+                    event.next_attempt_at_ms,
+                    event.last_error,
+                    event.delivered_at_ms,
+                    int(event.force),
+                ),
             )
             if cur.rowcount != 1:
                 return False
             conn.executemany(
                 f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
-                [(event.id, a.at_ms, a.target, a.status_code, a.duration_ms, a.outcome, a.error)
-                 for a in attempts],
+                [
+                    (event.id, a.at_ms, a.target, a.status_code, a.duration_ms, a.outcome, a.error)
+                    for a in attempts
+                ],
             )
             return True
 
@@ -440,4 +478,3 @@ class SQLiteStore:
         if self._notify_sock is not None:
             self._notify_sock.close()
             self._notify_sock = None
-
