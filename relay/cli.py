@@ -7,6 +7,7 @@ same database. Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
@@ -282,9 +283,8 @@ def replay(
     replayed: list[str] = []
     chunks = [matching[i : i + REPLAY_CHUNK] for i in range(0, len(matching), REPLAY_CHUNK)]
     show_bar = len(matching) > REPLAY_CHUNK and not as_json
-    with click.progressbar(
-        chunks, label="replaying", show_pos=True, file=sys.stderr if show_bar else _Null()
-    ) as bar:  # type: ignore[arg-type]
+    sink = sys.stderr if show_bar else io.StringIO()  # short replays: no bar
+    with click.progressbar(chunks, label="replaying", show_pos=True, file=sink) as bar:
         for chunk in bar:
             replayed += store.replay(EventFilter(ids=tuple(chunk)), now_ms=now_ms, force=force)
     missing = sorted(set(ids) - set(replayed))
@@ -300,17 +300,6 @@ def replay(
             err=True,
         )
         sys.exit(1)
-
-
-class _Null:
-    def write(self, _s: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
 
 
 def _all_ids(store: Store, flt: EventFilter) -> Iterator[str]:
