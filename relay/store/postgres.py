@@ -62,11 +62,6 @@ LISTEN_MAX_BACKOFF_S = 30.0
 #: How often a listener checks its stop flag, in seconds.
 LISTEN_POLL_S = 0.5
 
-_INSERT_COLUMNS = (
-    "id, type, body, status, received_at, object, entity_id, object_key, occurred_at,"
-    " updated_at, instance_id, ord_at, ord_upd"
-)
-
 
 def display_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (in the authority or the query)."""
@@ -140,11 +135,11 @@ class PostgresStore:
     def insert(self, event: NewEvent) -> bool:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO events ({_INSERT_COLUMNS}, next_attempt_at)"
+                f"INSERT INTO events ({sql.INSERT_COLUMNS}, next_attempt_at)"
                 " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
                 " ON CONFLICT (id) DO NOTHING",
                 (
-                    *_insert_params(event),
+                    *sql.insert_params(event),
                     event.received_at_ms if event.status == Status.PENDING else None,
                 ),
             )
@@ -215,7 +210,7 @@ class PostgresStore:
             conn.execute(
                 f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
                 " VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                (event_id, *_attempt_params(attempt)),
+                sql.attempt_params(event_id, attempt),
             )
             cur = conn.execute(
                 "UPDATE events SET status = %s, attempt_count = attempt_count + 1,"
@@ -297,23 +292,19 @@ class PostgresStore:
             return cur.rowcount
 
     def counts(self) -> dict[str, int]:
-        rows = self._query("SELECT status, count(*) FROM events GROUP BY status")
+        rows = self._query(sql.COUNT_BY_STATUS)
         return sql.zero_counts(dict(rows))
 
     def oldest_pending_ms(self) -> int | None:
-        rows = self._query("SELECT min(received_at) FROM events WHERE status = 'pending'")
+        rows = self._query(sql.OLDEST_PENDING)
         return rows[0][0] if rows else None
 
     def heartbeat(self, worker_id: str, *, now_ms: int) -> None:
         with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO workers (id, last_seen) VALUES (%s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
-                (worker_id, now_ms),
-            )
+            conn.execute(sql.HEARTBEAT.format(ph="%s"), (worker_id, now_ms))
 
     def last_heartbeat_ms(self) -> int | None:
-        rows = self._query("SELECT max(last_seen) FROM workers")
+        rows = self._query(sql.LAST_HEARTBEAT)
         return rows[0][0] if rows else None
 
     def notify(self) -> None:
@@ -353,19 +344,9 @@ class PostgresStore:
     def import_event(self, event: Event, attempts: list[Attempt]) -> bool:
         with self._tx() as conn:
             cur = conn.execute(
-                f"INSERT INTO events ({_INSERT_COLUMNS}, attempt_count, retry_step,"
-                " next_attempt_at, last_error, delivered_at, force)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                " ON CONFLICT (id) DO NOTHING",
-                (
-                    *_insert_params(event),
-                    event.attempt_count,
-                    event.retry_step,
-                    event.next_attempt_at_ms,
-                    event.last_error,
-                    event.delivered_at_ms,
-                    event.force,
-                ),
+                f"INSERT INTO events ({sql.INSERT_COLUMNS}, {sql.IMPORT_COLUMNS})"
+                f" VALUES ({', '.join(['%s'] * 19)}) ON CONFLICT (id) DO NOTHING",
+                sql.import_params(event),
             )
             if cur.rowcount != 1:
                 return False
@@ -373,7 +354,7 @@ class PostgresStore:
                 many.executemany(
                     f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
                     " VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                    [(event.id, *_attempt_params(a)) for a in attempts],
+                    [sql.attempt_params(event.id, a) for a in attempts],
                 )
             return True
 
@@ -388,28 +369,6 @@ class PostgresStore:
             if self._pool is not None and self._pool_pid == os.getpid():
                 self._pool.close()
             self._pool = None
-
-
-def _insert_params(event: NewEvent | Event) -> tuple[Any, ...]:
-    """Values for :data:`_INSERT_COLUMNS`; the order key defaults as in SQLite."""
-    return (
-        event.id,
-        event.type,
-        event.body,
-        str(event.status),
-        event.received_at_ms,
-        event.object,
-        event.entity_id,
-        event.object_key,
-        event.occurred_at_ms,
-        event.updated_at_ms,
-        event.instance_id,
-        *event.order,
-    )
-
-
-def _attempt_params(a: Attempt) -> tuple[Any, ...]:
-    return (a.at_ms, a.target, a.status_code, a.duration_ms, a.outcome, a.error)
 
 
 class _Listener:

@@ -10,7 +10,7 @@ import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from relay.models import Attempt, Event, EventFilter, Status
+from relay.models import Attempt, Event, EventFilter, NewEvent, Status
 
 #: Columns of ``events`` in the order :func:`row_to_event` reads them.
 EVENT_COLUMNS = (
@@ -19,6 +19,21 @@ EVENT_COLUMNS = (
     "delivered_at, force"
 )
 ATTEMPT_COLUMNS = "at, target, status_code, duration_ms, outcome, error"
+#: Columns every insert writes, in the order :func:`insert_params` gives them.
+INSERT_COLUMNS = (
+    "id, type, body, status, received_at, object, entity_id, object_key, occurred_at,"
+    " updated_at, instance_id, ord_at, ord_upd"
+)
+#: Extra columns an exported event carries into :meth:`Store.import_event`.
+IMPORT_COLUMNS = "attempt_count, retry_step, next_attempt_at, last_error, delivered_at, force"
+
+COUNT_BY_STATUS = "SELECT status, count(*) FROM events GROUP BY status"
+OLDEST_PENDING = "SELECT min(received_at) FROM events WHERE status = 'pending'"
+LAST_HEARTBEAT = "SELECT max(last_seen) FROM workers"
+HEARTBEAT = (
+    "INSERT INTO workers (id, last_seen) VALUES ({ph}, {ph})"
+    " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen"
+)
 
 #: "Is there an older pending event, or one in flight, for the same object?" The order
 #: key is (ord_at, ord_upd, seq): Clerk's occurred-at, then the object's updated_at,
@@ -43,6 +58,42 @@ NEWER_DELIVERED = """
       AND (d.ord_at, d.ord_upd, d.seq) > ({ord_at}, {ord_upd}, {seq})
     LIMIT 1
 """
+
+
+def insert_params(event: NewEvent | Event) -> tuple[Any, ...]:
+    """Values for :data:`INSERT_COLUMNS` (the order key as :func:`relay.models.order_key`)."""
+    return (
+        event.id,
+        event.type,
+        event.body,
+        str(event.status),
+        event.received_at_ms,
+        event.object,
+        event.entity_id,
+        event.object_key,
+        event.occurred_at_ms,
+        event.updated_at_ms,
+        event.instance_id,
+        *event.order,
+    )
+
+
+def import_params(event: Event) -> tuple[Any, ...]:
+    """Values for :data:`INSERT_COLUMNS` then :data:`IMPORT_COLUMNS`."""
+    return (
+        *insert_params(event),
+        event.attempt_count,
+        event.retry_step,
+        event.next_attempt_at_ms,
+        event.last_error,
+        event.delivered_at_ms,
+        event.force,
+    )
+
+
+def attempt_params(event_id: str, a: Attempt) -> tuple[Any, ...]:
+    """Values for ``event_id`` then :data:`ATTEMPT_COLUMNS`."""
+    return (event_id, a.at_ms, a.target, a.status_code, a.duration_ms, a.outcome, a.error)
 
 
 def row_to_event(row: Sequence[Any], attempts: tuple[Attempt, ...] = ()) -> Event:

@@ -203,30 +203,14 @@ class SQLiteStore:
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
     def insert(self, event: NewEvent) -> bool:
-        params = (
-            event.id,
-            event.type,
-            event.body,
-            str(event.status),
-            event.received_at_ms,
-            event.object,
-            event.entity_id,
-            event.object_key,
-            event.occurred_at_ms,
-            event.updated_at_ms,
-            event.instance_id,
-            *event.order,
-            event.received_at_ms if event.status == Status.PENDING else None,
-        )
+        pending = event.received_at_ms if event.status == Status.PENDING else None
         conn = self._conn()
         try:
             with self._writer.held():
                 cur = conn.execute(
-                    "INSERT INTO events (id, type, body, status, received_at, object,"
-                    " entity_id, object_key, occurred_at, updated_at, instance_id, ord_at,"
-                    " ord_upd, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT (id) DO NOTHING",
-                    params,
+                    f"INSERT INTO events ({sql.INSERT_COLUMNS}, next_attempt_at)"
+                    f" VALUES ({_marks(14)}) ON CONFLICT (id) DO NOTHING",
+                    (*sql.insert_params(event), pending),
                 )
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
@@ -266,16 +250,8 @@ class SQLiteStore:
     def complete(self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome) -> bool:
         with self._tx() as conn:
             conn.execute(
-                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
-                (
-                    event_id,
-                    attempt.at_ms,
-                    attempt.target,
-                    attempt.status_code,
-                    attempt.duration_ms,
-                    attempt.outcome,
-                    attempt.error,
-                ),
+                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS}) VALUES ({_marks(7)})",
+                sql.attempt_params(event_id, attempt),
             )
             cur = conn.execute(
                 "UPDATE events SET status = ?, attempt_count = attempt_count + 1,"
@@ -358,23 +334,19 @@ class SQLiteStore:
             return cur.rowcount
 
     def counts(self) -> dict[str, int]:
-        rows = self._query("SELECT status, count(*) FROM events GROUP BY status")
+        rows = self._query(sql.COUNT_BY_STATUS)
         return sql.zero_counts(dict(rows))
 
     def oldest_pending_ms(self) -> int | None:
-        rows = self._query("SELECT min(received_at) FROM events WHERE status = 'pending'")
+        rows = self._query(sql.OLDEST_PENDING)
         return rows[0][0] if rows else None
 
     def heartbeat(self, worker_id: str, *, now_ms: int) -> None:
         with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO workers (id, last_seen) VALUES (?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
-                (worker_id, now_ms),
-            )
+            conn.execute(sql.HEARTBEAT.format(ph="?"), (worker_id, now_ms))
 
     def last_heartbeat_ms(self) -> int | None:
-        rows = self._query("SELECT max(last_seen) FROM workers")
+        rows = self._query(sql.LAST_HEARTBEAT)
         return rows[0][0] if rows else None
 
     def notify(self) -> None:
@@ -428,39 +400,15 @@ class SQLiteStore:
     def import_event(self, event: Event, attempts: list[Attempt]) -> bool:
         with self._tx() as conn:
             cur = conn.execute(
-                "INSERT INTO events (id, type, body, status, received_at, object, entity_id,"
-                " object_key, occurred_at, updated_at, instance_id, ord_at, ord_upd,"
-                " attempt_count, retry_step, next_attempt_at, last_error, delivered_at, force)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
-                (
-                    event.id,
-                    event.type,
-                    event.body,
-                    str(event.status),
-                    event.received_at_ms,
-                    event.object,
-                    event.entity_id,
-                    event.object_key,
-                    event.occurred_at_ms,
-                    event.updated_at_ms,
-                    event.instance_id,
-                    *event.order,
-                    event.attempt_count,
-                    event.retry_step,
-                    event.next_attempt_at_ms,
-                    event.last_error,
-                    event.delivered_at_ms,
-                    int(event.force),
-                ),
+                f"INSERT INTO events ({sql.INSERT_COLUMNS}, {sql.IMPORT_COLUMNS})"
+                f" VALUES ({_marks(19)}) ON CONFLICT (id) DO NOTHING",
+                sql.import_params(event),
             )
             if cur.rowcount != 1:
                 return False
             conn.executemany(
-                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
-                [
-                    (event.id, a.at_ms, a.target, a.status_code, a.duration_ms, a.outcome, a.error)
-                    for a in attempts
-                ],
+                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS}) VALUES ({_marks(7)})",
+                [sql.attempt_params(event.id, a) for a in attempts],
             )
             return True
 
@@ -478,3 +426,7 @@ class SQLiteStore:
         if self._notify_sock is not None:
             self._notify_sock.close()
             self._notify_sock = None
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
