@@ -5,24 +5,14 @@ promise "nothing acknowledged is ever lost". Each thread gets its own connection
 (sqlite3 connections are not shareable across threads); writes that read first use
 ``BEGIN IMMEDIATE`` so two workers never claim the same event.
 
-Writers queue on an ``flock`` of ``<db>.lock`` before touching the database. SQLite's
-own busy handler sleeps 1, 2, 5, 10 ... 100 ms between retries when two processes
-(gunicorn workers, the delivery worker) want the write lock at once; the kernel wakes
-an ``flock`` waiter the moment the lock is free, so contention costs microseconds,
-not milliseconds. A crashed holder's lock is released by the kernel.
-
-Wake-ups: :meth:`notify` sends a datagram to a Linux abstract-namespace socket named
-after the database file, which the worker on this machine listens on. A second
-worker on the same file cannot bind it and falls back to polling.
+Writers queue on a per-file ``flock`` and the worker is woken through a local socket
+(both in :mod:`relay.store.local`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import os
-import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -42,6 +32,7 @@ from relay.models import (
     is_upsert,
 )
 from relay.store import sql
+from relay.store.local import WakeSocket, WriterLock
 
 SCHEMA_VERSION = 1
 
@@ -90,42 +81,6 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
 
-class _WriterLock:
-    """One writer at a time across every thread and process using the same file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._thread_lock = threading.Lock()
-        self._fd: int | None = None
-        self._pid = 0
-
-    def _file(self) -> int:
-        # flock belongs to the open file description, which a forked child shares with
-        # its parent: each process opens its own.
-        if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._pid = os.getpid()
-        return self._fd
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        with self._thread_lock:
-            try:
-                fd = self._file()
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                raise StoreError(f"cannot lock {self.path}: {exc}") from exc
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = None
-
-
 class SQLiteStore:
     """Store on one SQLite file; safe for several threads and processes on one machine."""
 
@@ -133,14 +88,10 @@ class SQLiteStore:
         self.path = Path(path)
         self.url_for_display = f"sqlite:///{self.path}"
         self._local = threading.local()
-        self._wake_name = (
-            b"\0clerk-convex-relay-"
-            + hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:24].encode()
-        )
-        self._notify_sock: socket.socket | None = None
+        self._wake = WakeSocket(self.path)
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        self._writer = _WriterLock(self.path.with_name(self.path.name + ".lock"))
+        self._writer = WriterLock(self.path.with_name(self.path.name + ".lock"))
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -350,43 +301,10 @@ class SQLiteStore:
         return rows[0][0] if rows else None
 
     def notify(self) -> None:
-        try:
-            if self._notify_sock is None:
-                self._notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self._notify_sock.setblocking(False)
-            self._notify_sock.sendto(b"!", self._wake_name)
-        except OSError:
-            pass  # nobody listening, or the queue is full: the worker polls anyway
+        self._wake.send()
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            sock.bind(self._wake_name)
-        except OSError:
-            sock.close()
-            return lambda: None  # another worker on this file listens; we poll
-        sock.settimeout(0.5)
-        stopped = threading.Event()
-
-        def loop() -> None:
-            while not stopped.is_set():
-                try:
-                    sock.recv(64)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                wake()
-
-        thread = threading.Thread(target=loop, name="relay-wake", daemon=True)
-        thread.start()
-
-        def stop() -> None:
-            stopped.set()
-            thread.join(timeout=2)
-            sock.close()
-
-        return stop
+        return self._wake.listen(wake)
 
     def export(self) -> Iterator[tuple[Event, list[Attempt]]]:
         rows = self._query(f"SELECT {sql.EVENT_COLUMNS} FROM events ORDER BY seq")
@@ -423,9 +341,7 @@ class SQLiteStore:
             self._conns.clear()
         self._local = threading.local()
         self._writer.close()
-        if self._notify_sock is not None:
-            self._notify_sock.close()
-            self._notify_sock = None
+        self._wake.close()
 
 
 def _marks(n: int) -> str:
