@@ -44,6 +44,15 @@ class TestSQLiteStore(StoreContract):
         store.migrate()
         assert store.get("msg_1") is not None
 
+    def test_heartbeat_forgets_workers_silent_for_a_week(self, store: SQLiteStore) -> None:
+        """Each process start registers a worker id; week-old ones are pruned, not kept."""
+        week_ms = 7 * 86400 * 1000
+        store.heartbeat("old", now_ms=1_000)
+        store.heartbeat("recent", now_ms=week_ms)
+        store.heartbeat("new", now_ms=week_ms + 1_001)
+        rows = store._conn().execute("SELECT id FROM workers ORDER BY id").fetchall()
+        assert rows == [("new",), ("recent",)]
+
     def test_notify_wakes_a_listener(self, store: SQLiteStore) -> None:
         """notify() from one store object wakes listen() on another for the same file."""
         import threading

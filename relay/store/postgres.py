@@ -302,6 +302,7 @@ class PostgresStore:
     def heartbeat(self, worker_id: str, *, now_ms: int) -> None:
         with self._tx() as conn:
             conn.execute(sql.HEARTBEAT.format(ph="%s"), (worker_id, now_ms))
+            conn.execute(sql.PRUNE_WORKERS.format(ph="%s"), (now_ms - sql.WORKER_RETENTION_MS,))
 
     def last_heartbeat_ms(self) -> int | None:
         rows = self._query(sql.LAST_HEARTBEAT)

@@ -30,6 +30,9 @@ IMPORT_COLUMNS = "attempt_count, retry_step, next_attempt_at, last_error, delive
 COUNT_BY_STATUS = "SELECT status, count(*) FROM events GROUP BY status"
 OLDEST_PENDING = "SELECT min(received_at) FROM events WHERE status = 'pending'"
 LAST_HEARTBEAT = "SELECT max(last_seen) FROM workers"
+#: Workers silent this long are forgotten (each process start registers a new id).
+WORKER_RETENTION_MS = 7 * 86400 * 1000
+PRUNE_WORKERS = "DELETE FROM workers WHERE last_seen < {ph}"
 HEARTBEAT = (
     "INSERT INTO workers (id, last_seen) VALUES ({ph}, {ph})"
     " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen"
