@@ -44,11 +44,11 @@ from relay.models import (
     EventFilter,
     NewEvent,
     Outcome,
-    Page,
     Status,
     is_upsert,
 )
 from relay.store import sql
+from relay.store.base import SQLStoreBase
 from relay.store.postgres_schema import apply_migrations
 
 #: The NOTIFY channel workers LISTEN on.
@@ -75,8 +75,10 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-class PostgresStore:
+class PostgresStore(SQLStoreBase):
     """Store on a PostgreSQL database; safe for any number of workers and machines."""
+
+    PH = "%s"
 
     def __init__(self, url: str, *, max_connections: int = 4, timeout_s: float = 10.0) -> None:
         self._url = url
@@ -237,32 +239,6 @@ class PostgresStore:
                 (event_id, worker_id),
             )
 
-    def get(self, event_id: str) -> Event | None:
-        with self._tx() as conn:
-            row = conn.execute(
-                f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE id = %s", (event_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            attempts = conn.execute(
-                f"SELECT {sql.ATTEMPT_COLUMNS} FROM attempts WHERE event_id = %s ORDER BY id",
-                (event_id,),
-            ).fetchall()
-        return sql.row_to_event(row, tuple(map(sql.row_to_attempt, attempts)))
-
-    def list_events(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
-        where, params = sql.filter_clause(flt, "%s")
-        if cursor is not None:
-            where += " AND seq < %s"
-            params.append(sql.decode_cursor(cursor))
-        rows = self._query(
-            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT %s",
-            [*params, limit + 1],
-        )
-        events = [sql.row_to_event(r) for r in rows[:limit]]
-        more = len(rows) > limit
-        return Page(events, sql.encode_cursor(events[-1].seq) if more and events else None)
-
     def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
         where, params = sql.filter_clause(flt, "%s")
         rows = self._query(
@@ -290,23 +266,6 @@ class PostgresStore:
                 (older_than_ms, statuses),
             )
             return cur.rowcount
-
-    def counts(self) -> dict[str, int]:
-        rows = self._query(sql.COUNT_BY_STATUS)
-        return sql.zero_counts(dict(rows))
-
-    def oldest_pending_ms(self) -> int | None:
-        rows = self._query(sql.OLDEST_PENDING)
-        return rows[0][0] if rows else None
-
-    def heartbeat(self, worker_id: str, *, now_ms: int) -> None:
-        with self._tx() as conn:
-            conn.execute(sql.HEARTBEAT.format(ph="%s"), (worker_id, now_ms))
-            conn.execute(sql.PRUNE_WORKERS.format(ph="%s"), (now_ms - sql.WORKER_RETENTION_MS,))
-
-    def last_heartbeat_ms(self) -> int | None:
-        rows = self._query(sql.LAST_HEARTBEAT)
-        return rows[0][0] if rows else None
 
     def notify(self) -> None:
         # A short timeout: ingest calls this after committing and must not hang on it.
@@ -358,9 +317,6 @@ class PostgresStore:
                     [sql.attempt_params(event.id, a) for a in attempts],
                 )
             return True
-
-    def ping(self) -> None:
-        self._query("SELECT 1")
 
     def close(self) -> None:
         for stop in self._listeners:

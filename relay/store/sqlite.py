@@ -27,11 +27,11 @@ from relay.models import (
     EventFilter,
     NewEvent,
     Outcome,
-    Page,
     Status,
     is_upsert,
 )
 from relay.store import sql
+from relay.store.base import SQLStoreBase
 from relay.store.local import WakeSocket, WriterLock
 
 SCHEMA_VERSION = 1
@@ -81,8 +81,10 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 
 
-class SQLiteStore:
+class SQLiteStore(SQLStoreBase):
     """Store on one SQLite file; safe for several threads and processes on one machine."""
+
+    PH = "?"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -230,29 +232,6 @@ class SQLiteStore:
                 (event_id, worker_id),
             )
 
-    def get(self, event_id: str) -> Event | None:
-        rows = self._query(f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,))
-        if not rows:
-            return None
-        attempts = self._query(
-            f"SELECT {sql.ATTEMPT_COLUMNS} FROM attempts WHERE event_id = ? ORDER BY id",
-            (event_id,),
-        )
-        return sql.row_to_event(rows[0], tuple(map(sql.row_to_attempt, attempts)))
-
-    def list_events(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
-        where, params = sql.filter_clause(flt, "?")
-        if cursor is not None:
-            where += " AND seq < ?"
-            params.append(sql.decode_cursor(cursor))
-        rows = self._query(
-            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT ?",
-            [*params, limit + 1],
-        )
-        events = [sql.row_to_event(r) for r in rows[:limit]]
-        more = len(rows) > limit
-        return Page(events, sql.encode_cursor(events[-1].seq) if more and events else None)
-
     def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
         where, params = sql.filter_clause(flt, "?")
         allowed = sql.replayable_statuses(flt, force=force)
@@ -284,23 +263,6 @@ class SQLiteStore:
             )
             return cur.rowcount
 
-    def counts(self) -> dict[str, int]:
-        rows = self._query(sql.COUNT_BY_STATUS)
-        return sql.zero_counts(dict(rows))
-
-    def oldest_pending_ms(self) -> int | None:
-        rows = self._query(sql.OLDEST_PENDING)
-        return rows[0][0] if rows else None
-
-    def heartbeat(self, worker_id: str, *, now_ms: int) -> None:
-        with self._tx() as conn:
-            conn.execute(sql.HEARTBEAT.format(ph="?"), (worker_id, now_ms))
-            conn.execute(sql.PRUNE_WORKERS.format(ph="?"), (now_ms - sql.WORKER_RETENTION_MS,))
-
-    def last_heartbeat_ms(self) -> int | None:
-        rows = self._query(sql.LAST_HEARTBEAT)
-        return rows[0][0] if rows else None
-
     def notify(self) -> None:
         self._wake.send()
 
@@ -330,9 +292,6 @@ class SQLiteStore:
                 [sql.attempt_params(event.id, a) for a in attempts],
             )
             return True
-
-    def ping(self) -> None:
-        self._query("SELECT 1")
 
     def close(self) -> None:
         with self._conns_lock:

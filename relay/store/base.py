@@ -1,0 +1,71 @@
+"""The verbs whose SQL is the same on every backend, given a placeholder and two primitives.
+
+A backend subclasses :class:`SQLStoreBase`, sets :attr:`PH` (``?`` or ``%s``) and
+provides ``_query`` (one statement, rows back) and ``_tx`` (a connection inside a
+committed transaction). Claims, inserts and replays stay in the backends: that is where
+their locking differs.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
+
+from relay.models import Event, EventFilter, Page
+from relay.store import sql
+
+
+class SQLStoreBase:
+    """Shared read verbs and the heartbeat for SQL backends."""
+
+    PH: ClassVar[str]
+
+    def _query(self, statement: str, params: Any = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def _tx(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def get(self, event_id: str) -> Event | None:
+        ph = self.PH
+        rows = self._query(f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE id = {ph}", (event_id,))
+        if not rows:
+            return None
+        attempts = self._query(
+            f"SELECT {sql.ATTEMPT_COLUMNS} FROM attempts WHERE event_id = {ph} ORDER BY id",
+            (event_id,),
+        )
+        return sql.row_to_event(rows[0], tuple(map(sql.row_to_attempt, attempts)))
+
+    def list_events(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
+        ph = self.PH
+        where, params = sql.filter_clause(flt, ph)
+        if cursor is not None:
+            where += f" AND seq < {ph}"
+            params.append(sql.decode_cursor(cursor))
+        rows = self._query(
+            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT {ph}",
+            [*params, limit + 1],
+        )
+        events = [sql.row_to_event(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(events, sql.encode_cursor(events[-1].seq) if more and events else None)
+
+    def counts(self) -> dict[str, int]:
+        return sql.zero_counts(dict(self._query(sql.COUNT_BY_STATUS)))
+
+    def oldest_pending_ms(self) -> int | None:
+        rows = self._query(sql.OLDEST_PENDING)
+        return rows[0][0] if rows else None
+
+    def heartbeat(self, worker_id: str, *, now_ms: int) -> None:
+        with self._tx() as conn:
+            conn.execute(sql.HEARTBEAT.format(ph=self.PH), (worker_id, now_ms))
+            conn.execute(sql.PRUNE_WORKERS.format(ph=self.PH), (now_ms - sql.WORKER_RETENTION_MS,))
+
+    def last_heartbeat_ms(self) -> int | None:
+        rows = self._query(sql.LAST_HEARTBEAT)
+        return rows[0][0] if rows else None
+
+    def ping(self) -> None:
+        self._query("SELECT 1")
