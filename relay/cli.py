@@ -7,8 +7,10 @@ same database. Exit codes: 0 success, 1 failure, 2 bad usage or configuration.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -135,9 +137,19 @@ def serve(web_only: bool) -> None:
 
 @main.command()
 @click.option("--once", is_flag=True, help="Deliver one batch of due events, then exit.")
+@click.option(
+    "--nice",
+    type=click.IntRange(0, 19),
+    default=0,
+    help="Lower this process's CPU priority (relay serve uses 10).",
+)
 @handles_errors
-def worker(once: bool) -> None:
+def worker(once: bool, nice: int) -> None:
     """Run delivery only."""
+    if nice:
+        # Before any thread starts: Linux priorities are per thread and threads inherit.
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     from relay.logs import configure_logging
     from relay.worker import Worker
 
