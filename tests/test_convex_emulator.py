@@ -369,3 +369,19 @@ def test_relay_normalized_events_are_accepted(
     }
     [row] = convex_emulator.tables(table)
     assert row["externalId"] == event["entityId"]
+
+
+def test_housekeeping_prunes_only_old_processed_events(convex_emulator: ConvexEmulator) -> None:
+    """pruneProcessedEvents keeps recent event ids and deletes those past the cutoff."""
+    for i in range(3):
+        args = {"event": normalized("user.created", f"msg_prune{i}", name=f"U{i}")}
+        args["event"]["entityId"] = f"user_prune{i}"
+        args["event"]["data"]["id"] = f"user_prune{i}"
+        assert convex_emulator.mutation("users:upsertFromClerk", args)["status"] == "success"
+    assert len(convex_emulator.tables("processedEvents")) == 3
+    kept = convex_emulator.mutation("housekeeping:pruneProcessedEvents", {})
+    assert kept == {"status": "success", "value": 0}  # all younger than 30 days
+    pruned = convex_emulator.mutation("housekeeping:pruneProcessedEvents", {"olderThanDays": -1})
+    assert pruned == {"status": "success", "value": 3}
+    assert convex_emulator.tables("processedEvents") == []
+    assert len(convex_emulator.tables("users")) == 3  # only the ids go, never the data

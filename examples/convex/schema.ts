@@ -44,7 +44,9 @@ export default defineSchema({
     eventId: v.string(),
     type: v.string(),
     processedAt: v.number(),
-  }).index("byEventId", ["eventId"]),
+  })
+    .index("byEventId", ["eventId"])
+    .index("byProcessedAt", ["processedAt"]),
 
   // Clerk never reuses ids, so a deleted id stays dead: a late create/update for
   // it (a retry that lost the race with the delete) must not resurrect it.
