@@ -21,6 +21,8 @@ from relay.cli import main
 from relay.models import Attempt, Outcome, Status
 from relay.store.sqlite import SQLiteStore
 
+from .convex_emulator import ADMIN_KEY, ConvexEmulator
+from .convex_emulator import convex_emulator_fixture as convex_emulator_fixture
 from .convex_standin import ConvexStandIn
 from .factories import FORWARD_SECRET, SECRET, make_event
 from .relay_process import RelayProcess, free_port, relay_env
@@ -354,6 +356,25 @@ def test_check_passes_against_a_reachable_convex(env: dict[str, Any]) -> None:
     assert result.exit_code == 0, result.output
     assert "FAIL" not in result.stdout
     assert "convex" in result.stdout and "store" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("key", "code", "expected"),
+    [(f"prod:emulated|{ADMIN_KEY}", 0, "ok    convex"), ("prod:emulated|wrong", 1, "refused")],
+    ids=["right-key", "wrong-key"],
+)
+def test_check_probes_the_function_api_with_the_deploy_key(
+    env: dict[str, Any], convex_emulator: ConvexEmulator, key: str, code: int, expected: str
+) -> None:
+    """On the mutation target `relay check` proves URL and deploy key against real Convex code."""
+    target = {
+        "RELAY_TARGET": "mutation",
+        "CONVEX_URL": convex_emulator.url,
+        "CONVEX_DEPLOY_KEY": key,
+    }
+    result = relay({**env, **target}, "check")
+    assert result.exit_code == code, result.output
+    assert expected in result.stdout
 
 
 def test_check_fails_against_a_dead_url(env: dict[str, Any]) -> None:
