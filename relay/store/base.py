@@ -2,7 +2,7 @@
 
 A backend subclasses :class:`SQLStoreBase`, sets :attr:`PH` (``?`` or ``%s``) and
 provides ``_query`` (one statement, rows back) and ``_tx`` (a connection inside a
-committed transaction). Claims, inserts and replays stay in the backends: that is where
+committed transaction). Claims, inserts, replays and purges stay in the backends: that is where
 their locking differs.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
-from relay.models import Event, EventFilter, Page
+from relay.models import Attempt, Event, EventFilter, Outcome, Page, Status
 from relay.store import sql
 
 
@@ -25,6 +25,40 @@ class SQLStoreBase:
 
     def _tx(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
+
+    def complete(self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome) -> bool:
+        ph = self.PH
+        delivered_at = attempt.at_ms if outcome.status == Status.DELIVERED else None
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
+                f" VALUES ({', '.join([ph] * 7)})",
+                sql.attempt_params(event_id, attempt),
+            )
+            cur = conn.execute(
+                f"UPDATE events SET status = {ph}, attempt_count = attempt_count + 1,"
+                f" retry_step = retry_step + 1, next_attempt_at = {ph}, last_error = {ph},"
+                f" delivered_at = COALESCE({ph}, delivered_at),"
+                " lease_owner = NULL, lease_expires_at = NULL"
+                f" WHERE id = {ph} AND lease_owner = {ph}",
+                (
+                    str(outcome.status),
+                    outcome.next_attempt_at_ms,
+                    outcome.error,
+                    delivered_at,
+                    event_id,
+                    worker_id,
+                ),
+            )
+            return bool(cur.rowcount == 1)
+
+    def release(self, event_id: str, worker_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL"
+                f" WHERE id = {self.PH} AND lease_owner = {self.PH}",
+                (event_id, worker_id),
+            )
 
     def get(self, event_id: str) -> Event | None:
         ph = self.PH

@@ -43,7 +43,6 @@ from relay.models import (
     Event,
     EventFilter,
     NewEvent,
-    Outcome,
     Status,
     is_upsert,
 )
@@ -205,39 +204,6 @@ class PostgresStore(SQLStoreBase):
                     (worker_id, now_ms + lease_ms, [e.seq for e in claimed]),
                 )
         return claimed
-
-    def complete(self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome) -> bool:
-        delivered_at = attempt.at_ms if outcome.status == Status.DELIVERED else None
-        with self._tx() as conn:
-            conn.execute(
-                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                sql.attempt_params(event_id, attempt),
-            )
-            cur = conn.execute(
-                "UPDATE events SET status = %s, attempt_count = attempt_count + 1,"
-                " retry_step = retry_step + 1, next_attempt_at = %s, last_error = %s,"
-                " delivered_at = COALESCE(%s, delivered_at),"
-                " lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE id = %s AND lease_owner = %s",
-                (
-                    str(outcome.status),
-                    outcome.next_attempt_at_ms,
-                    outcome.error,
-                    delivered_at,
-                    event_id,
-                    worker_id,
-                ),
-            )
-            return cur.rowcount == 1
-
-    def release(self, event_id: str, worker_id: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE id = %s AND lease_owner = %s",
-                (event_id, worker_id),
-            )
 
     def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
         where, params = sql.filter_clause(flt, "%s")

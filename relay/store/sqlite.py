@@ -26,7 +26,6 @@ from relay.models import (
     Event,
     EventFilter,
     NewEvent,
-    Outcome,
     Status,
     is_upsert,
 )
@@ -199,38 +198,6 @@ class SQLiteStore(SQLStoreBase):
                 )
                 claimed.append(event)
         return claimed
-
-    def complete(self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome) -> bool:
-        with self._tx() as conn:
-            conn.execute(
-                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS}) VALUES ({_marks(7)})",
-                sql.attempt_params(event_id, attempt),
-            )
-            cur = conn.execute(
-                "UPDATE events SET status = ?, attempt_count = attempt_count + 1,"
-                " retry_step = retry_step + 1, next_attempt_at = ?, last_error = ?,"
-                " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
-                " lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE id = ? AND lease_owner = ?",
-                (
-                    str(outcome.status),
-                    outcome.next_attempt_at_ms,
-                    outcome.error,
-                    str(outcome.status),
-                    attempt.at_ms,
-                    event_id,
-                    worker_id,
-                ),
-            )
-            return cur.rowcount == 1
-
-    def release(self, event_id: str, worker_id: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE id = ? AND lease_owner = ?",
-                (event_id, worker_id),
-            )
 
     def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
         where, params = sql.filter_clause(flt, "?")
