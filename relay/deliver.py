@@ -27,7 +27,6 @@ from svix.webhooks import Webhook
 
 from relay import __version__
 from relay.convex_values import convex_safe
-from relay.errors import UnsafeValueError
 from relay.models import Event
 from relay.normalize import normalize_event
 from relay.settings import Settings
@@ -192,6 +191,3 @@ def _transport_reason(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.ConnectionError):
         return "connection failed"
     return type(exc).__name__
-
-
-__all__ = ["Deliverer", "NoRoute", "Request", "Response", "UnsafeValueError"]

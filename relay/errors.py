@@ -8,7 +8,6 @@
     │   ├── BadRequest        400   malformed headers or body
     │   ├── Unauthorized      401   signature/token does not match
     │   ├── NotFound          404   unknown route or event
-    │   ├── MethodNotAllowed  405   wrong verb on a known route
     │   ├── Conflict          409   request valid but not applicable to the event's state
     │   ├── PayloadTooLarge   413   body larger than RELAY_MAX_BODY
     │   ├── TooManyRequests   429   admin token guessed too often
@@ -16,7 +15,7 @@
     ├── StoreError                  the store failed (disk full, locked, connection lost)
     └── UnsafeValueError            a payload cannot be made a valid Convex value
 
-Errors that reach HTTP are rendered by one handler (``relay.web``) as
+Errors that reach HTTP, and routing's own 404/405, are rendered by ``relay.web`` as
 ``{"error": <short code>, "detail": <sentence>}``.
 """
 
@@ -73,13 +72,6 @@ class NotFound(HTTPError):
 
     status_code = 404
     code = "not_found"
-
-
-class MethodNotAllowed(HTTPError):
-    """Raised when a known route is called with the wrong HTTP method."""
-
-    status_code = 405
-    code = "method_not_allowed"
 
 
 class Conflict(HTTPError):
