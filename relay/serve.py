@@ -27,6 +27,8 @@ import structlog
 
 from relay.settings import Settings
 from relay.store import open_store
+from relay.store.committer import Committer
+from relay.store.sqlite import SQLiteStore
 
 log = structlog.get_logger("relay.serve")
 
@@ -43,7 +45,8 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
         settings.require_delivery()
     store = open_store(settings.database_url)
     store.migrate()
-    store.close()
+    # SQLite: this process commits for the web workers (group commit, see committer.py).
+    stop_committer = Committer(store).start() if isinstance(store, SQLiteStore) else None
 
     env = dict(os.environ)
     owned_metrics_dir = None
@@ -92,6 +95,9 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
         log.error("serve_child_exited", child=code[0], returncode=code[1])
         forward(signal.SIGTERM, None)
     results = {name: proc.wait() for name, proc in children.items()}
+    if stop_committer is not None:
+        stop_committer()
+    store.close()
     if owned_metrics_dir:
         shutil.rmtree(owned_metrics_dir, ignore_errors=True)
     log.info("serve_stopped", **{f"{k}_returncode": v for k, v in results.items()})

@@ -127,6 +127,12 @@ class RelayProcess:
             raise AssertionError(f"relay exited with {self.proc.returncode}; log:\n{self.log()}")
         return self
 
+    @property
+    def pid(self) -> int:
+        """The ``relay`` process (its group holds every child)."""
+        assert self.proc is not None
+        return self.proc.pid
+
     def _exited(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
 

@@ -15,7 +15,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from relay.models import (
 )
 from relay.store import sql
 from relay.store.base import SQLStoreBase
+from relay.store.committer import CommitClient
 from relay.store.local import WakeSocket, WriterLock
 
 SCHEMA_VERSION = 1
@@ -85,7 +86,7 @@ class SQLiteStore(SQLStoreBase):
 
     PH = "?"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, sync_commits: bool = True) -> None:
         self.path = Path(path)
         self.url_for_display = f"sqlite:///{self.path}"
         self._local = threading.local()
@@ -93,14 +94,16 @@ class SQLiteStore(SQLStoreBase):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._writer = WriterLock(self.path.with_name(self.path.name + ".lock"))
+        self._committer = CommitClient(self.path)
+        self._synchronous = "FULL" if sync_commits else "NORMAL"
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteStore:
+    def from_url(cls, url: str, *, sync_commits: bool = True) -> SQLiteStore:
         """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
         path = url.removeprefix("sqlite:///")
         if not path:
             raise ValueError("sqlite URL names no file")
-        return cls(path)
+        return cls(path, sync_commits=sync_commits)
 
     # -- connections -----------------------------------------------------------------
 
@@ -111,7 +114,7 @@ class SQLiteStore(SQLStoreBase):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
                 conn.execute("PRAGMA busy_timeout=10000")
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot open {self.path}: {exc}") from exc
@@ -155,18 +158,20 @@ class SQLiteStore(SQLStoreBase):
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
     def insert(self, event: NewEvent) -> bool:
-        pending = event.received_at_ms if event.status == Status.PENDING else None
-        conn = self._conn()
-        try:
-            with self._writer.held():
-                cur = conn.execute(
-                    f"INSERT INTO events ({sql.INSERT_COLUMNS}, next_attempt_at)"
-                    f" VALUES ({_marks(14)}) ON CONFLICT (id) DO NOTHING",
-                    (*sql.insert_params(event), pending),
-                )
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
-        return cur.rowcount == 1
+        # Through the committer when one runs (it shares one fsync among concurrent
+        # requests); by ourselves when it does not or cannot answer.
+        stored = self._committer.insert(event)
+        if stored is not None:
+            return stored
+        return self.insert_many([event])[0]
+
+    def insert_many(self, events: Sequence[NewEvent]) -> list[bool]:
+        """Commit several events in one transaction; per event, whether it was new."""
+        with self._tx() as conn:
+            return [
+                conn.execute(_INSERT, (*sql.insert_params(e), _pending_at(e))).rowcount == 1
+                for e in events
+            ]
 
     def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
         blocked = sql.BLOCKED_BY_OLDER.format(now="?")
@@ -269,7 +274,18 @@ class SQLiteStore(SQLStoreBase):
         self._local = threading.local()
         self._writer.close()
         self._wake.close()
+        self._committer.close()
 
 
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
+
+
+def _pending_at(event: NewEvent) -> int | None:
+    return event.received_at_ms if event.status == Status.PENDING else None
+
+
+_INSERT = (
+    f"INSERT INTO events ({sql.INSERT_COLUMNS}, next_attempt_at)"
+    f" VALUES ({_marks(14)}) ON CONFLICT (id) DO NOTHING"
+)

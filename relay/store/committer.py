@@ -1,0 +1,319 @@
+"""Group commit for the SQLite store: one committer writes for every ingest process.
+
+With ``synchronous=FULL`` each commit waits for the disk, and commits on one file are
+serial, so one commit per webhook caps ingest at one fsync per request however many
+gunicorn workers run (measured on the 2-core VM: ~1,500 req/s on disk against ~2,700
+on tmpfs with the same code). The committer is the classic fix (PostgreSQL and InnoDB
+call it group commit): ingest processes hand verified events to one process over a
+local socket; whatever arrives while a transaction is being committed goes into the
+next one, so a burst shares one fsync and a lone request is committed at once. No
+delay is ever added to wait for company.
+
+The promise does not change: a process is told "stored" only after ``COMMIT``
+returned, and it answers Clerk only then. Whenever the committer is absent, slow,
+errs or dies, the ingest process commits the event itself through the
+:class:`~relay.store.local.WriterLock` path; the unique svix-id makes a second try
+of an event that did get committed a duplicate, never a second row.
+
+The socket lives in Linux's abstract namespace, named after the database file like
+:class:`~relay.store.local.WakeSocket`. File permissions do not guard such a name, so
+both ends check the peer's uid (``SO_PEERCRED``): only processes of our own user may
+hand us events, and we hand events only to a committer of our own user.
+
+Wire format, one request per round trip on a kept-open connection::
+
+    request  = u32 meta_len, u32 body_len, meta (JSON object of NewEvent fields), body
+    reply    = one byte: N (stored), D (duplicate id), E (not stored; commit yourself)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import structlog
+
+from relay.errors import StoreError
+from relay.models import NewEvent, Status
+
+if TYPE_CHECKING:
+    from relay.store.sqlite import SQLiteStore
+
+log = structlog.get_logger("relay.committer")
+
+_HEADER = struct.Struct("!II")
+_PEERCRED = struct.Struct("3i")
+#: Frames larger than this are a bug or an attack: the connection is dropped.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+#: How long a client waits for its reply before committing by itself, in seconds.
+REPLY_TIMEOUT_S = 5.0
+#: After failing to reach the committer, commit directly this long before trying again.
+RECONNECT_AFTER_S = 1.0
+#: How long a transaction waits for more events when other ingest processes are
+#: connected and may be about to send one (PostgreSQL's ``commit_delay``). Measured on
+#: the 2-core VM with 3 sync workers: batches grew from 1.3 to 2.2 events and ingest
+#: from 1,949 to 2,101 req/s; 400 us was worse than 150 us.
+COMMIT_DELAY_S = 150e-6
+#: How often the serving loop checks whether it was asked to stop, in seconds.
+POLL_S = 0.5
+STORED, DUPLICATE, ERROR = b"N", b"D", b"E"
+_META_FIELDS = tuple(f.name for f in dataclasses.fields(NewEvent) if f.name != "body")
+
+
+def socket_name(db_path: Path) -> bytes:
+    digest = hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:24]
+    return b"\0clerk-convex-relay-commit-" + digest.encode()
+
+
+def encode(event: NewEvent) -> bytes:
+    meta = json.dumps({name: getattr(event, name) for name in _META_FIELDS}).encode()
+    return _HEADER.pack(len(meta), len(event.body)) + meta + event.body
+
+
+def decode(meta: bytes, body: bytes) -> NewEvent:
+    fields: dict[str, Any] = json.loads(meta)
+    fields["status"] = Status(fields["status"])
+    return NewEvent(body=body, **fields)
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    _pid, uid, _gid = _PEERCRED.unpack(creds)
+    return int(uid)
+
+
+class CommitClient:
+    """An ingest process's side: ``insert`` through the committer, or say it cannot."""
+
+    def __init__(self, db_path: Path, *, timeout_s: float = REPLY_TIMEOUT_S) -> None:
+        self.name = socket_name(db_path)
+        self.timeout_s = timeout_s
+        self._local = threading.local()  # one connection per thread (gthread workers)
+        self._retry_at = 0.0
+
+    def insert(self, event: NewEvent) -> bool | None:
+        """True if stored, False if the id was already stored, None if not committed here.
+
+        None means the caller must commit the event itself: no committer runs, it
+        refused, or the answer did not come (the event may or may not be stored;
+        a direct insert settles which).
+        """
+        sock = self._socket()
+        if sock is None:
+            return None
+        try:
+            sock.sendall(encode(event))
+            reply = sock.recv(1)
+        except OSError:
+            reply = b""
+        if reply in (STORED, DUPLICATE):
+            return reply == STORED
+        if reply != ERROR:  # closed, timed out or garbled: this connection is done
+            self._drop(sock)
+        return None
+
+    def _socket(self) -> socket.socket | None:
+        sock: socket.socket | None = getattr(self._local, "sock", None)
+        if sock is not None and self._local.pid == os.getpid():
+            return sock
+        if time.monotonic() < self._retry_at:
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout_s)
+            sock.connect(self.name)
+            if _peer_uid(sock) != os.getuid():
+                raise PermissionError("the committer socket belongs to another user")
+        except OSError:
+            sock.close()
+            self._retry_at = time.monotonic() + RECONNECT_AFTER_S
+            return None
+        self._local.sock, self._local.pid = sock, os.getpid()
+        return sock
+
+    def _drop(self, sock: socket.socket) -> None:
+        sock.close()
+        self._local.sock = None
+        self._retry_at = time.monotonic() + RECONNECT_AFTER_S
+
+    def close(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        if sock is not None and self._local.pid == os.getpid():
+            sock.close()
+        self._local = threading.local()
+
+
+class _Peer:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+
+    def frames(self) -> list[tuple[bytes, bytes]]:
+        """Complete (meta, body) frames taken off the front of the buffer."""
+        out = []
+        while len(self.buffer) >= _HEADER.size:
+            meta_len, body_len = _HEADER.unpack_from(self.buffer)
+            end = _HEADER.size + meta_len + body_len
+            if end > MAX_FRAME_BYTES:
+                raise ValueError(f"frame of {end} bytes")
+            if len(self.buffer) < end:
+                break
+            meta = bytes(self.buffer[_HEADER.size : _HEADER.size + meta_len])
+            out.append((meta, bytes(self.buffer[_HEADER.size + meta_len : end])))
+            del self.buffer[:end]
+        return out
+
+
+class Committer:
+    """The committing side: one thread that owns the socket and batches inserts."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+        self.name = socket_name(store.path)
+        self.batches = 0
+        self.events = 0
+
+    def start(self) -> Callable[[], None] | None:
+        """Listen and commit in a thread; returns its stop function, or None if another
+        committer already serves this file (ingest then uses that one)."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(self.name)
+            listener.listen(128)
+        except OSError:
+            listener.close()
+            return None
+        stopped = threading.Event()
+        thread = threading.Thread(
+            target=self._serve, args=(listener, stopped), name="relay-committer", daemon=True
+        )
+        thread.start()
+        log.info("committer_started", database=self.store.url_for_display)
+
+        def stop() -> None:
+            stopped.set()
+            thread.join(timeout=POLL_S * 4)
+            log.info("committer_stopped", batches=self.batches, events=self.events)
+
+        return stop
+
+    def _serve(self, listener: socket.socket, stopped: threading.Event) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(listener, selectors.EVENT_READ)
+        peers: dict[socket.socket, _Peer] = {}
+        try:
+            while not stopped.is_set():
+                batch = self._gather(listener, selector, peers, POLL_S)
+                if batch and len(peers) > len(batch):
+                    # Others are connected and may be mid-request: give them a moment to
+                    # join this transaction rather than pay for a commit of their own.
+                    batch += self._gather(listener, selector, peers, COMMIT_DELAY_S)
+                if batch:
+                    self._commit(batch, selector, peers)
+        finally:
+            for peer in list(peers.values()):
+                self._forget(peer, selector, peers)
+            selector.close()
+            listener.close()
+
+    def _gather(
+        self,
+        listener: socket.socket,
+        selector: selectors.BaseSelector,
+        peers: dict[socket.socket, _Peer],
+        timeout_s: float,
+    ) -> list[tuple[_Peer, bytes, bytes]]:
+        """Accept newcomers and read every complete request that arrives within ``timeout_s``."""
+        batch: list[tuple[_Peer, bytes, bytes]] = []
+        for key, _mask in selector.select(timeout_s):
+            sock = cast(socket.socket, key.fileobj)
+            if sock is listener:
+                self._accept(listener, selector, peers)
+            else:
+                batch.extend(self._read(peers[sock], selector, peers))
+        return batch
+
+    def _accept(
+        self,
+        listener: socket.socket,
+        selector: selectors.BaseSelector,
+        peers: dict[socket.socket, _Peer],
+    ) -> None:
+        with contextlib.suppress(OSError):
+            sock, _ = listener.accept()
+            if _peer_uid(sock) != os.getuid():
+                log.warning("committer_refused_peer", reason="another user")
+                sock.close()
+                return
+            sock.setblocking(False)
+            peers[sock] = _Peer(sock)
+            selector.register(sock, selectors.EVENT_READ)
+
+    def _read(
+        self, peer: _Peer, selector: selectors.BaseSelector, peers: dict[socket.socket, _Peer]
+    ) -> list[tuple[_Peer, bytes, bytes]]:
+        try:
+            chunk = peer.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("peer closed")
+            peer.buffer += chunk
+            return [(peer, meta, body) for meta, body in peer.frames()]
+        except (OSError, ValueError):
+            self._forget(peer, selector, peers)
+            return []
+
+    def _commit(
+        self,
+        batch: Sequence[tuple[_Peer, bytes, bytes]],
+        selector: selectors.BaseSelector,
+        peers: dict[socket.socket, _Peer],
+    ) -> None:
+        senders: list[_Peer] = []
+        events: list[NewEvent] = []
+        for peer, meta, body in batch:
+            try:
+                event = decode(meta, body)
+            except (ValueError, TypeError, KeyError):
+                log.error("committer_bad_frame")  # a client bug: it will commit by itself
+                self._forget(peer, selector, peers)
+                continue
+            senders.append(peer)
+            events.append(event)
+        if not events:
+            return
+        try:
+            stored = self.store.insert_many(events)
+            replies = [STORED if new else DUPLICATE for new in stored]
+        except StoreError as exc:
+            # The whole transaction rolled back: every sender commits its own event,
+            # so one bad event (or a full disk) is isolated to the requests it concerns.
+            log.error("committer_commit_failed", error=str(exc), events=len(events))
+            replies = [ERROR] * len(events)
+        self.batches += 1
+        self.events += len(events)
+        for peer, reply in zip(senders, replies, strict=True):
+            if peer.sock.fileno() < 0:
+                continue  # forgotten meanwhile
+            try:
+                peer.sock.sendall(reply)  # one byte into an idle socket: never blocks
+            except OSError:
+                self._forget(peer, selector, peers)
+
+    @staticmethod
+    def _forget(
+        peer: _Peer, selector: selectors.BaseSelector, peers: dict[socket.socket, _Peer]
+    ) -> None:
+        if peers.pop(peer.sock, None) is not None:
+            selector.unregister(peer.sock)
+        peer.sock.close()
