@@ -247,6 +247,30 @@ class TestPostgresStore(StoreContract):
         finally:
             s.close()
 
+    def test_worker_store_commits_without_waiting_for_the_disk(self, pg_url: str) -> None:
+        """sync_commits=False (the delivery worker) sets synchronous_commit=off for its own
+        sessions only; the default store leaves the server's setting alone."""
+
+        def setting(s: PostgresStore) -> tuple[str, str]:
+            with s._tx() as conn:
+                row = conn.execute(
+                    "SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'"
+                ).fetchone()
+            s.close()
+            assert row is not None
+            return row[0], row[1]
+
+        relaxed = open_store(pg_url, sync_commits=False)
+        assert isinstance(relaxed, PostgresStore)
+        assert setting(relaxed) == ("off", "client")
+        # ... beside the URL's own options (the tests' schema travels in them)
+        relaxed = PostgresStore(pg_url, sync_commits=False)
+        with relaxed._tx() as conn:
+            row = conn.execute("SELECT current_setting('search_path')").fetchone()
+        relaxed.close()
+        assert row is not None and row[0] in pg_url
+        assert setting(PostgresStore(pg_url))[1] != "client"
+
 
 @pytest.mark.parametrize(
     ("url", "shown"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.store import open_store
 from relay.store.sqlite import SQLiteStore
 
 from .factories import make_event
@@ -30,6 +31,14 @@ class TestSQLiteStore(StoreContract):
         conn = store._conn()
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+    def test_worker_store_commits_without_waiting_for_the_disk(self, tmp_path: Path) -> None:
+        """sync_commits=False (the delivery worker's store): synchronous=NORMAL on its own
+        connections, which a process crash cannot undo; ingest's stay FULL."""
+        relaxed = open_store(f"sqlite:///{tmp_path / 'relay.db'}", sync_commits=False)
+        assert isinstance(relaxed, SQLiteStore)
+        assert relaxed._conn().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        relaxed.close()
 
     def test_insert_is_visible_to_another_connection(self, store: SQLiteStore) -> None:
         """An acknowledged insert is committed, not held in an open transaction."""

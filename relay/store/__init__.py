@@ -94,14 +94,22 @@ class Store(Protocol):
         """Release connections; the store may not be used afterwards."""
 
 
-def open_store(url: str) -> Store:
-    """The backend for ``RELAY_DATABASE_URL`` (``sqlite:///path`` or ``postgresql://...``)."""
+def open_store(url: str, *, sync_commits: bool = True) -> Store:
+    """The backend for ``RELAY_DATABASE_URL`` (``sqlite:///path`` or ``postgresql://...``).
+
+    ``sync_commits=False`` lets this store's commits return before they reach the disk
+    (SQLite ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``): a process
+    crash still loses nothing, an OS crash or power cut may undo the last moments.
+    Only for writes whose loss is harmless: the delivery worker's leases and outcomes,
+    whose loss means an event is delivered once more (Convex handlers dedupe by id).
+    Ingest's commits, the ones Clerk is told about, always wait for the disk.
+    """
     if url.startswith("sqlite:"):
         from relay.store.sqlite import SQLiteStore
 
-        return SQLiteStore.from_url(url)
+        return SQLiteStore.from_url(url, sync_commits=sync_commits)
     if url.startswith(("postgresql:", "postgres:")):
         from relay.store.postgres import PostgresStore
 
-        return PostgresStore.from_url(url)
+        return PostgresStore.from_url(url, sync_commits=sync_commits)
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]}")

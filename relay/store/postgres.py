@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from relay.errors import StoreError
@@ -79,8 +80,16 @@ class PostgresStore(SQLStoreBase):
 
     PH = "%s"
 
-    def __init__(self, url: str, *, max_connections: int = 4, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 4,
+        timeout_s: float = 10.0,
+        sync_commits: bool = True,
+    ) -> None:
         self._url = url
+        self._sync_commits = sync_commits
         self.url_for_display = display_url(url)
         self._max_connections = max_connections
         self._timeout_s = timeout_s
@@ -90,9 +99,9 @@ class PostgresStore(SQLStoreBase):
         self._listeners: list[Callable[[], None]] = []
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresStore:
+    def from_url(cls, url: str, *, sync_commits: bool = True) -> PostgresStore:
         """``postgresql://user:password@host:port/dbname?sslmode=require`` (libpq URL)."""
-        return cls(url)
+        return cls(url, sync_commits=sync_commits)
 
     # -- connections -----------------------------------------------------------------
 
@@ -102,7 +111,7 @@ class PostgresStore(SQLStoreBase):
                 # A pool from before a fork shares its sockets with the parent: closing
                 # it here would end the parent's sessions, so it is dropped unclosed.
                 self._pool = ConnectionPool(
-                    self._url,
+                    self._conninfo(),
                     min_size=1,
                     max_size=self._max_connections,
                     open=False,
@@ -113,6 +122,15 @@ class PostgresStore(SQLStoreBase):
                 self._pool.open()
                 self._pool_pid = os.getpid()
             return self._pool
+
+    def _conninfo(self) -> str:
+        """The URL, plus ``synchronous_commit=off`` when commits need not wait (see
+        :func:`relay.store.open_store`), kept beside any ``options`` the URL carries."""
+        if self._sync_commits:
+            return self._url
+        params = conninfo_to_dict(self._url)
+        options = f"{params.get('options') or ''} -c synchronous_commit=off".strip()
+        return make_conninfo("", **{**params, "options": options})
 
     @contextlib.contextmanager
     def _tx(self, timeout_s: float | None = None) -> Iterator[psycopg.Connection[Any]]:
