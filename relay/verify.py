@@ -23,6 +23,14 @@ from relay.errors import BadRequest, Unauthorized
 TOLERANCE_S = 5 * 60
 
 
+#: Every header :func:`read_headers` looks at, lower-case.
+HEADER_NAMES = tuple(
+    f"{prefix}-{name}"
+    for prefix in ("svix", "webhook")
+    for name in ("id", "timestamp", "signature")
+)
+
+
 @dataclass(frozen=True, slots=True)
 class SvixHeaders:
     """The three headers of a Svix delivery (``webhook-*`` accepted as a fallback)."""
