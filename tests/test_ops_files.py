@@ -113,9 +113,10 @@ def test_gunicorn_default_port_is_the_contracts(gunicorn_cfg: Callable[..., Conf
 
 
 def test_gunicorn_workers_follow_the_environment(gunicorn_cfg: Callable[..., Config]) -> None:
-    """WEB_CONCURRENCY sets workers; GUNICORN_THREADS > 1 switches to gthread."""
+    """Two sync workers per usable CPU unless WEB_CONCURRENCY says; GUNICORN_THREADS > 1
+    switches to gthread."""
     default = gunicorn_cfg()
-    assert (default.workers, default.worker_class_str) == (2, "sync")
+    assert (default.workers, default.worker_class_str) == (2 * len(os.sched_getaffinity(0)), "sync")
     tuned = gunicorn_cfg(WEB_CONCURRENCY="3", GUNICORN_THREADS="4")
     assert (tuned.workers, tuned.threads, tuned.worker_class_str) == (3, 4, "gthread")
 
