@@ -124,13 +124,14 @@ def _answers(url: str) -> bool:
 
 @contextmanager
 def relay_serve(
-    workdir: Path, convex_url: str, *, web_only: bool = False
+    workdir: Path, convex_url: str, *, web_only: bool = False, db_dir: Path | None = None
 ) -> Iterator[RelayProcess]:
     workdir.mkdir(parents=True)
     env = {
         "CLERK_WEBHOOK_SECRET": SECRET,
         "CONVEX_SITE_URL": convex_url,
-        "RELAY_DATABASE_URL": f"sqlite:///{workdir / 'relay.db'}",  # WAL + synchronous=FULL
+        # WAL + synchronous=FULL; db_dir=/dev/shm only for the no-disk ceiling row.
+        "RELAY_DATABASE_URL": f"sqlite:///{(db_dir or workdir) / 'relay.db'}",
         "LOG_FORMAT": "json",
     }
     command = ("serve", "--web-only") if web_only else ("serve",)
@@ -138,8 +139,45 @@ def relay_serve(
         yield relay
 
 
+def events_per_commit(relay: RelayProcess) -> float | None:
+    """Stop the relay (SIGTERM) and read how many events its committer put in each commit."""
+    relay.stop()
+    for line in reversed(relay.log().splitlines()):
+        if '"committer_stopped"' in line:
+            stats = json.loads(line)
+            return float(stats["events"]) / max(1, int(stats["batches"]))
+    return None
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds used by ``root`` and its descendants, reaped children included."""
+    table: dict[int, tuple[int, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                # ppid, then utime + stime + cutime + cstime (reaped children)
+                table[int(entry.name)] = (int(fields[1]), sum(map(int, fields[11:15])) / tick)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += table.get(pid, (0, 0.0))[1]
+        todo += [child for child, (ppid, _) in table.items() if ppid == pid]
+    return total
+
+
+def measure(url: str, pid: int, requests_file: Path) -> dict[str, Any]:
+    """wrk against ``url``, plus the server's CPU time per request (all its processes)."""
+    before = tree_cpu_s(pid)
+    stats = run_wrk(url, requests_file)
+    stats["cpu_us"] = (tree_cpu_s(pid) - before) / max(1, stats["requests"]) * 1e6
+    return stats
+
+
 @contextmanager
-def hello_serve(workdir: Path) -> Iterator[str]:
+def hello_serve(workdir: Path) -> Iterator[tuple[str, int]]:
     """bench/hello_app.py under gunicorn with the relay's own config module and flags."""
     port = free_port()
     env = {
@@ -157,7 +195,7 @@ def hello_serve(workdir: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(f"{url}/"), 30, "the hello app")
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -304,14 +342,25 @@ def main() -> int:
             requests_file = tmpdir / f"requests-{r}.txt"
             batch = presign(PRESIGNED, f"wrk{r}")
             requests_file.write_bytes(b"".join(s.raw + SEPARATOR for s in batch))
-            with hello_serve(tmpdir) as hello_url:
-                hello = run_wrk(hello_url, requests_file)
+            with hello_serve(tmpdir) as (hello_url, hello_pid):
+                hello = measure(hello_url, hello_pid, requests_file)
             with relay_serve(tmpdir / f"relay-wrk{r}", convex) as relay:
-                relay_stats = run_wrk(relay.url, requests_file)
+                relay_stats = measure(relay.url, relay.pid, requests_file)
+                relay_stats["per_commit"] = events_per_commit(relay)
             rounds.append((hello, relay_stats))
             if r == 0:  # ingest alone: how much the delivery worker's commits cost it
                 with relay_serve(tmpdir / "relay-web", convex, web_only=True) as relay:
-                    web_only = run_wrk(relay.url, requests_file)
+                    web_only = measure(relay.url, relay.pid, requests_file)
+                    web_only["per_commit"] = events_per_commit(relay)
+                # The same on tmpfs: no disk waits at all, so what is left is CPU.
+                with (
+                    tempfile.TemporaryDirectory(dir="/dev/shm") as shm,
+                    relay_serve(
+                        tmpdir / "relay-shm", convex, web_only=True, db_dir=Path(shm)
+                    ) as relay,
+                ):
+                    no_disk = measure(relay.url, relay.pid, requests_file)
+                    no_disk["per_commit"] = events_per_commit(relay)
             print(
                 f"round {r + 1}: hello {hello['rps']:.0f} req/s, relay {relay_stats['rps']:.0f} "
                 f"req/s",
@@ -334,7 +383,9 @@ def main() -> int:
         disk = disk_probe(tmpdir)
     elapsed = time.time() - started
 
-    table = render(rounds, web_only, latencies, failures, e2e, missing, disk, load_before, elapsed)
+    table = render(
+        rounds, [web_only, no_disk], latencies, failures, e2e, missing, disk, load_before, elapsed
+    )
     out = BENCH / "results" / "latest.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(table)
@@ -344,7 +395,7 @@ def main() -> int:
 
 def render(
     rounds: list[tuple[dict[str, Any], dict[str, Any]]],
-    web_only: dict[str, Any],
+    extra: list[dict[str, Any]],
     latencies: list[float],
     failures: int,
     e2e: list[float],
@@ -364,27 +415,40 @@ def render(
         "",
         f"## Throughput: wrk -t1 -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s, unique signed webhooks",
         "",
-        "| round | server | req/s | p50 ms | p99 ms | non-2xx | socket errors |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| round | server | req/s | p50 ms | p99 ms | CPU us/req | events/commit | non-2xx "
+        "| socket errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def row(n: int, name: str, s: dict[str, Any]) -> str:
+        per_commit = f"{s['per_commit']:.1f}" if s.get("per_commit") else "-"
+        return (
+            f"| {n} | {name} | {s['rps']:.0f} | {s['p50_us'] / ms:.1f} | "
+            f"{s['p99_us'] / ms:.1f} | {s['cpu_us']:.0f} | {per_commit} | {s['non2xx']} | "
+            f"{s['socket_errors']} |"
+        )
+
     for n, (hello, relay) in enumerate(rounds, 1):
-        for name, s in (("hello (Flask)", hello), ("relay serve", relay)):
-            lines.append(
-                f"| {n} | {name} | {s['rps']:.0f} | {s['p50_us'] / ms:.1f} | "
-                f"{s['p99_us'] / ms:.1f} | {s['non2xx']} | {s['socket_errors']} |"
-            )
-    s = web_only
-    lines.append(
-        f"| 1 | relay serve --web-only (no delivery) | {s['rps']:.0f} | {s['p50_us'] / ms:.1f} | "
-        f"{s['p99_us'] / ms:.1f} | {s['non2xx']} | {s['socket_errors']} |"
-    )
+        lines.append(row(n, "hello (Flask)", hello))
+        lines.append(row(n, "relay serve", relay))
+    web_only, no_disk = extra
+    lines.append(row(1, "relay serve --web-only (no delivery)", web_only))
+    lines.append(row(1, "relay serve --web-only, database on tmpfs (no disk waits)", no_disk))
     ratios = [relay["rps"] / hello["rps"] for hello, relay in rounds]
     wraps = any(s["requests"] > PRESIGNED for pair in rounds for s in pair)
     lines += [
         "",
         f"**relay / hello throughput: {', '.join(f'{r:.2f}' for r in ratios)}** "
-        f"(median {statistics.median(ratios):.2f}; goal >= 0.5)"
+        f"(median {statistics.median(ratios):.2f}; goal >= 0.5); web-only "
+        f"{web_only['rps'] / rounds[0][0]['rps']:.2f}, web-only on tmpfs "
+        f"{no_disk['rps'] / rounds[0][0]['rps']:.2f} (both against round 1's hello)"
         + (" - NOTE: a run wrapped its pre-signed requests (duplicates)" if wraps else ""),
+        "",
+        "CPU us/req is the CPU time of the server's whole process tree (gunicorn master and "
+        "workers; for the relay also the supervisor with its committer and, under `serve`, "
+        "the delivery worker) divided by the requests answered. wrk runs on the same "
+        f"{os.cpu_count()} CPUs. events/commit is how many webhooks the committer put in "
+        "each transaction (group commit).",
         "",
         f"## Fixed rate: {RATE_PER_S} req/s for {RATE_SECONDS} s, open loop, new connection each",
         "",
