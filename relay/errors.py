@@ -9,6 +9,7 @@
     │   ├── Unauthorized      401   signature/token does not match
     │   ├── NotFound          404   unknown route or event
     │   ├── Conflict          409   request valid but not applicable to the event's state
+    │   ├── MethodNotAllowed  405   a webhook path asked with another method than POST
     │   ├── PayloadTooLarge   413   body larger than RELAY_MAX_BODY
     │   ├── TooManyRequests   429   admin token guessed too often
     │   └── StoreUnavailable  503   the store could not commit; nothing was acknowledged
@@ -79,6 +80,13 @@ class Conflict(HTTPError):
 
     status_code = 409
     code = "conflict"
+
+
+class MethodNotAllowed(HTTPError):
+    """Raised when a webhook path is requested with a method other than POST."""
+
+    status_code = 405
+    code = "method_not_allowed"
 
 
 class PayloadTooLarge(HTTPError):

@@ -4,28 +4,118 @@
 body is verified before anything parses it (re-serialised JSON never verifies), and
 the answer is sent only after the store committed: a 200 means the event will be
 delivered or end visibly ``failed``; a 503 means nothing was kept and Clerk retries.
+
+The endpoint is a plain WSGI app mounted in front of Flask by the factory, because it
+is the relay's one hot path: every Clerk delivery, in bursts. Without Flask's request
+context, hooks and response objects a delivery costs ~85 us of Python instead of
+~190 us (measured in-process), which is +25 % ingest throughput on 2 cores under
+gunicorn (2,170 -> 2,710-2,840 req/s, web-only, same run). It keeps the app's
+contract: JSON errors, ``X-Request-Id``, the canonical log line, the metrics.
+Every other path and method goes on to Flask, except other methods on these paths
+(405, like Flask would answer).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from flask import Blueprint, Response, g, request
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from relay import metrics
-from relay.errors import BadRequest, HTTPError, PayloadTooLarge, StoreError, StoreUnavailable
+from relay.errors import (
+    BadRequest,
+    HTTPError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    StoreError,
+    StoreUnavailable,
+)
 from relay.models import NewEvent, Status, matches_any
 from relay.settings import Settings
 from relay.store import Store
 from relay.verify import HEADER_NAMES, Verifier
-from relay.web import runtime
+from relay.web import UNEXPECTED, Runtime, begin_request, log_request
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = structlog.get_logger("relay.ingest")
-bp = Blueprint("ingest", __name__)
+
+#: The endpoint's paths: ours, and the one Convex's Clerk guide uses.
+PATHS = frozenset({"/webhooks/clerk", "/clerk-users-webhook"})
+#: The svix headers as WSGI environ keys.
+_ENVIRON_HEADERS = {name: "HTTP_" + name.upper().replace("-", "_") for name in HEADER_NAMES}
+
+
+class IngestEndpoint:
+    """WSGI middleware: answers :data:`PATHS` itself, hands everything else to ``app``."""
+
+    def __init__(self, app: WSGIApplication, runtime: Runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in PATHS:
+            return self.app(environ, start_response)
+        started = time.perf_counter()
+        method = environ.get("REQUEST_METHOD", "GET")
+        request_id = begin_request(environ.get("HTTP_X_REQUEST_ID"))
+        fields: dict[str, Any] = {}
+        headers = [("X-Request-Id", request_id)]
+        try:
+            if method != "POST":
+                headers.append(("Allow", "POST"))
+                raise MethodNotAllowed(f"{method} is not allowed on {path}")
+            status, payload = 200, receive(self.runtime, environ, fields)
+        except HTTPError as exc:
+            fields["error"] = exc.code
+            status, payload = exc.status_code, exc.to_dict()
+        except Exception:
+            log.exception("request_crashed")
+            status, payload = 500, UNEXPECTED
+        body = json.dumps(payload).encode()
+        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        log_request(method, path, status, started, fields)
+        return [body]
+
+
+def receive(runtime: Runtime, environ: WSGIEnvironment, fields: dict[str, Any]) -> dict[str, str]:
+    """Verify, parse and commit one delivery; the 200 answer. ``fields`` collects what
+    the request's log line says about it."""
+    settings = runtime.settings
+    event_type = "unknown"
+    try:
+        body = _read_body(environ, settings.max_body_bytes)
+        headers = {name: environ[key] for name, key in _ENVIRON_HEADERS.items() if key in environ}
+        svix = _verifier(settings).verify(body, headers, now_s=time.time())
+        fields["svix_id"] = svix.id
+        envelope = _parse(body)
+        event_type = fields["event_type"] = envelope["type"]
+        event = NewEvent.from_envelope(
+            svix.id,
+            body,
+            envelope,
+            received_at_ms=int(time.time() * 1000),
+            status=_initial_status(settings, event_type),
+        )
+        new = _commit(runtime.store, event)
+    except HTTPError as exc:
+        metrics.EVENTS_RECEIVED.labels(type=event_type, outcome=f"rejected_{exc.status_code}").inc()
+        raise
+    outcome = fields["outcome"] = "accepted" if new else "duplicate"
+    metrics.EVENTS_RECEIVED.labels(type=event_type, outcome=outcome).inc()
+    if new and event.status == Status.PENDING:
+        runtime.store.notify()
+    return {"status": outcome, "id": svix.id}
+
 
 _verifiers: dict[tuple[str, ...], Verifier] = {}
 
@@ -38,53 +128,16 @@ def _verifier(settings: Settings) -> Verifier:
     return _verifiers[key]
 
 
-@bp.post("/webhooks/clerk")
-@bp.post("/clerk-users-webhook")
-def receive() -> Response:
-    rt = runtime()
-    settings = rt.settings
-    event_type = "unknown"
-    try:
-        body = _read_body(settings.max_body_bytes)
-        headers = request.headers  # case-insensitive; only the svix ones are copied out
-        svix_headers = {name: value for name in HEADER_NAMES if (value := headers.get(name))}
-        svix = _verifier(settings).verify(body, svix_headers, now_s=time.time())
-        g.log_fields = fields = {"svix_id": svix.id}
-        envelope = _parse(body)
-        event_type = fields["event_type"] = envelope["type"]
-        event = NewEvent.from_envelope(
-            svix.id,
-            body,
-            envelope,
-            received_at_ms=int(time.time() * 1000),
-            status=_initial_status(settings, event_type),
-        )
-        new = _commit(rt.store, event)
-    except HTTPError as exc:
-        metrics.EVENTS_RECEIVED.labels(type=event_type, outcome=f"rejected_{exc.status_code}").inc()
-        raise
-    outcome = "accepted" if new else "duplicate"
-    metrics.EVENTS_RECEIVED.labels(type=event_type, outcome=outcome).inc()
-    fields["outcome"] = outcome
-    if new and event.status == Status.PENDING:
-        rt.store.notify()
-    return _json({"status": outcome, "id": svix.id})
-
-
-def _json(payload: dict[str, str]) -> Response:
-    # Not jsonify(): its provider machinery costs more than the rest of the response.
-    return Response(json.dumps(payload), status=200, mimetype="application/json")
-
-
-def _read_body(limit: int) -> bytes:
-    # Content-Length is checked by Flask (MAX_CONTENT_LENGTH); a chunked body is capped
+def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
+    # A declared length over the limit is refused unread; a chunked body is capped
     # while it streams, so a liar cannot make us buffer more than the limit.
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"body is {request.content_length} bytes; the limit is {limit}")
-    body = request.stream.read(limit + 1)
+    length = get_content_length(environ)
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"body is {length} bytes; the limit is {limit}")
+    body = get_input_stream(environ).read(limit + 1)
     if len(body) > limit:
         raise PayloadTooLarge(f"body is larger than the limit of {limit} bytes")
-    return body
+    return bytes(body)
 
 
 def _parse(body: bytes) -> dict[str, Any]:

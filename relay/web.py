@@ -3,6 +3,10 @@
 Built by :func:`relay.create_app`. Nothing here opens a connection: the store is
 opened (and migrated) lazily by the first request in each process, because gunicorn
 forks workers after loading the app.
+
+The webhook endpoint itself is a plain WSGI app in front of Flask
+(:class:`relay.ingest.IngestEndpoint`); it shares the request id and the canonical
+log line with Flask's routes through :func:`begin_request` and :func:`log_request`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 
 import structlog
 from flask import Flask, Response, current_app, g, jsonify, request
@@ -67,9 +72,8 @@ def build_app(settings: Settings | None = None) -> Flask:
     app.extensions["relay"] = Runtime(settings)
 
     from relay.health import bp as health_bp
-    from relay.ingest import bp as ingest_bp
+    from relay.ingest import IngestEndpoint
 
-    app.register_blueprint(ingest_bp)
     app.register_blueprint(health_bp)
     if settings.admin_token:
         from relay.admin import register_admin
@@ -81,29 +85,47 @@ def build_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(Exception, _render_unexpected)
     app.before_request(_start_request)
     app.after_request(_log_request)
+    # Outermost, so Clerk's deliveries skip the rest of the stack (see relay.ingest).
+    app.wsgi_app = IngestEndpoint(app.wsgi_app, app.extensions["relay"])  # type: ignore[method-assign]
     return app
+
+
+def begin_request(request_id: str | None) -> str:
+    """The request's id (the caller's ``X-Request-Id`` if sane, else a new one), bound
+    into the logging context of everything this request logs."""
+    rid = request_id if request_id and _REQUEST_ID.match(request_id) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=rid)
+    return rid
+
+
+def log_request(
+    method: str, path: str, status: int, started: float, fields: Mapping[str, object]
+) -> None:
+    """The one canonical line per request (``started`` from ``time.perf_counter()``)."""
+    duration_ms = (time.perf_counter() - started) * 1000
+    log.info(
+        "request_handled",
+        method=method,
+        path=path,
+        status=status,
+        duration_ms=round(duration_ms, 2),
+        **fields,
+    )
 
 
 def _start_request() -> None:
     g.started = time.perf_counter()
-    rid = request.headers.get("X-Request-Id", "")
-    g.request_id = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=g.request_id)
+    g.request_id = begin_request(request.headers.get("X-Request-Id"))
 
 
 def _log_request(response: Response) -> Response:
     if request.path in ("/healthz", "/metrics"):
         return response  # probes every few seconds would drown the useful lines
-    duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
     response.headers["X-Request-Id"] = g.get("request_id", "")
-    log.info(
-        "request_handled",
-        method=request.method,
-        path=request.path,
-        status=response.status_code,
-        duration_ms=round(duration_ms, 2),
-        **g.get("log_fields", {}),
+    started = g.get("started", time.perf_counter())
+    log_request(
+        request.method, request.path, response.status_code, started, g.get("log_fields", {})
     )
     return response
 
@@ -127,7 +149,10 @@ def _render_http_exception(exc: HTTPException) -> tuple[Response, int]:
     return response, code
 
 
+#: What a client sees of a bug: never the trace, which goes to the log.
+UNEXPECTED = {"error": "internal_error", "detail": "unexpected error; see the relay log"}
+
+
 def _render_unexpected(exc: Exception) -> tuple[Response, int]:
-    log.exception("request_crashed")  # the trace goes to the log, never to the client
-    body = {"error": "internal_error", "detail": "unexpected error; see the relay log"}
-    return jsonify(body), 500
+    log.exception("request_crashed")
+    return jsonify(UNEXPECTED), 500
