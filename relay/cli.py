@@ -141,13 +141,20 @@ def serve(web_only: bool) -> None:
     "--nice",
     type=click.IntRange(0, 19),
     default=0,
-    help="Lower this process's CPU priority (relay serve uses 10).",
+    help="Lower this process's CPU priority by this much.",
+)
+@click.option(
+    "--idle",
+    is_flag=True,
+    help="Deliver only on CPU time nothing else wants (Linux SCHED_IDLE); relay serve uses it.",
 )
 @handles_errors
-def worker(once: bool, nice: int) -> None:
+def worker(once: bool, nice: int, idle: bool) -> None:
     """Run delivery only."""
-    if nice:
-        # Before any thread starts: Linux priorities are per thread and threads inherit.
+    # Before any thread starts: Linux priorities are per thread and threads inherit.
+    if idle:
+        _idle_priority()
+    elif nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
     from relay.logs import configure_logging
@@ -166,6 +173,15 @@ def worker(once: bool, nice: int) -> None:
     w.install_signal_handlers()
     w.run()
     store.close()
+
+
+def _idle_priority() -> None:
+    """SCHED_IDLE where Linux offers it (any user may lower itself), else nice 19."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
 
 
 def _filter_options(fn: Callable[P, R]) -> Callable[P, R]:
