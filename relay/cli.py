@@ -146,15 +146,14 @@ def serve(web_only: bool) -> None:
 @click.option(
     "--idle",
     is_flag=True,
-    help="Deliver only on CPU time nothing else wants (Linux SCHED_IDLE); relay serve uses it.",
+    help="Make deliveries (not claims or outcome writes) use only CPU time nothing else "
+    "wants (Linux SCHED_IDLE); relay serve uses it.",
 )
 @handles_errors
 def worker(once: bool, nice: int, idle: bool) -> None:
     """Run delivery only."""
-    # Before any thread starts: Linux priorities are per thread and threads inherit.
-    if idle:
-        _idle_priority()
-    elif nice:
+    if nice:
+        # Before any thread starts: Linux priorities are per thread and threads inherit.
         with contextlib.suppress(OSError):
             os.nice(nice)
     from relay.logs import configure_logging
@@ -166,22 +165,13 @@ def worker(once: bool, nice: int, idle: bool) -> None:
     # The worker's writes are bookkeeping (see open_store): not waiting on the disk for
     # them keeps the writer lock free for ingest (measured +17 % ingest under relay serve).
     store = _store(settings, sync_commits=False)
-    w = Worker(settings, store)
+    w = Worker(settings, store, idle_deliveries=idle)
     if once:
         click.echo(f"attempted {w.run_once()} event(s)")
         return
     w.install_signal_handlers()
     w.run()
     store.close()
-
-
-def _idle_priority() -> None:
-    """SCHED_IDLE where Linux offers it (any user may lower itself), else nice 19."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        with contextlib.suppress(OSError):
-            os.nice(19)
 
 
 def _filter_options(fn: Callable[P, R]) -> Callable[P, R]:

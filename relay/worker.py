@@ -10,6 +10,7 @@ finish; a second exits at once (their leases expire and another worker retries t
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from types import FrameType
+from typing import Any, TypeVar
 
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
@@ -37,6 +39,8 @@ from relay.store import Store
 log = structlog.get_logger("relay.worker")
 
 #: How often the loop looks for due work when nothing wakes it (retries come due silently).
+T = TypeVar("T")
+
 POLL_INTERVAL_S = 1.0
 HEARTBEAT_INTERVAL_S = 5.0
 
@@ -54,6 +58,7 @@ class Worker:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         poll_interval_s: float = POLL_INTERVAL_S,
+        idle_deliveries: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -69,6 +74,11 @@ class Worker:
         self._in_flight: set[Future[None]] = set()
         self._lock = threading.Lock()
         self._next_due_ms = 2**63  # earliest retry this worker scheduled itself
+        # Deliveries at idle CPU priority (relay serve) while claims and outcome writes
+        # keep normal priority in their own threads: a thread that holds the store's
+        # writer lock must never wait for an idle CPU, or ingest waits behind it.
+        self.idle_deliveries = idle_deliveries
+        self._recorder: ThreadPoolExecutor | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -100,7 +110,15 @@ class Worker:
     def run(self) -> None:
         """Run until :meth:`stop`; returns after in-flight attempts finish."""
         stop_listening = self.store.listen(self._wake.set)
-        pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="relay-deliver")
+        # Started here, by this normal-priority thread, before any delivery thread exists
+        # (a thread inherits its creator's priority, and can never raise its own back).
+        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="relay-record")
+        self._recorder.submit(lambda: None).result()
+        pool = ThreadPoolExecutor(
+            self.settings.concurrency,
+            thread_name_prefix="relay-deliver",
+            initializer=lower_thread_priority if self.idle_deliveries else None,
+        )
         log.info(
             "worker_started",
             worker_id=self.worker_id,
@@ -118,6 +136,8 @@ class Worker:
                 self._wake.wait(self._wait_s())
         finally:
             pool.shutdown(wait=True)
+            self._recorder.shutdown(wait=True)
+            self._recorder = None
             stop_listening()
             log.info("worker_stopped", worker_id=self.worker_id)
 
@@ -184,7 +204,7 @@ class Worker:
         except Exception:  # one bad event must never kill the loop
             log.exception("delivery_crashed")
             with contextlib.suppress(StoreError):  # else the lease expires: retried anyway
-                self.store.release(event.id, self.worker_id)
+                self._write(self.store.release, event.id, self.worker_id)
         finally:
             structlog.contextvars.unbind_contextvars("event_id", "event_type")
 
@@ -273,10 +293,16 @@ class Worker:
         )
         return retrying(self.store.complete, event.id, self.worker_id, attempt, outcome)
 
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store write on the recorder thread (normal priority), log context and all."""
+        if self._recorder is None:  # run_once: everything runs in the caller's thread
+            return fn(*args)
+        return self._recorder.submit(contextvars.copy_context().run, fn, *args).result()
+
     def _finish(
         self, event: Event, attempt: Attempt, outcome: Outcome, next_in_s: float | None = None
     ) -> None:
-        kept = self._record(event, attempt, outcome)
+        kept = self._write(self._record, event, attempt, outcome)
         if outcome.next_attempt_at_ms is not None:
             with self._lock:  # wake for our own retry instead of waiting for the next poll
                 self._next_due_ms = min(self._next_due_ms, outcome.next_attempt_at_ms)
@@ -293,6 +319,16 @@ class Worker:
             error=attempt.error,
             lease_lost=not kept or None,
         )
+
+
+def lower_thread_priority() -> None:
+    """Put the calling thread at idle CPU priority: Linux SCHED_IDLE (which any thread may
+    choose for itself), else nice 19."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
 
 
 def _stop_recording(worker: Worker, deadline_ms: int) -> Callable[[RetryCallState], bool]:

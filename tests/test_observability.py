@@ -200,8 +200,20 @@ def test_secrets_and_payloads_never_reach_the_log(relay: RelayProcess) -> None:
 
 
 def test_serve_runs_delivery_below_ingest_priority(relay: RelayProcess) -> None:
-    """relay serve starts its worker at idle priority, so ingest wins the CPU in a burst."""
+    """relay serve's worker delivers at idle priority, so ingest wins the CPU in a burst;
+    its main thread (claims) and its recorder (outcomes), which take the store's writer
+    lock, stay at normal priority."""
     started = next(json.loads(x) for x in relay.log().splitlines() if "serve_started" in x)
-    assert os.sched_getscheduler(started["worker_pid"]) == os.SCHED_IDLE
+    worker = started["worker_pid"]
+    _send(relay, 1)  # delivery threads start with the first delivery
+
+    def policies() -> dict[int, int]:
+        tasks = Path(f"/proc/{worker}/task")
+        return {int(t.name): os.sched_getscheduler(int(t.name)) for t in tasks.iterdir()}
+
+    wait_until(lambda: os.SCHED_IDLE in policies().values(), 10, "an idle delivery thread")
+    threads = policies()
+    assert threads[worker] == os.SCHED_OTHER  # the main thread: claims, heartbeats
+    assert list(threads.values()).count(os.SCHED_OTHER) >= 2  # ... and the recorder
     assert os.sched_getscheduler(started["web_pid"]) == os.SCHED_OTHER
     assert os.sched_getscheduler(relay.pid) == os.SCHED_OTHER  # the committer's process
