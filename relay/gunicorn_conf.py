@@ -29,13 +29,14 @@ _settings = Settings.from_env()
 bind = f"0.0.0.0:{_settings.port}"
 # Sync workers: measured faster than gthread for our short requests on 2 cores
 # (reference/environment.md §3; again in bench/: 1,136-1,599 req/s with threads against
-# ~2,000 without). A request spends much of its time waiting for the group commit, so
-# more requests than CPUs are kept in flight, and the more wait together the more share
-# one fsync (measured on 2 CPUs, web-only, wrk -c16: 8 workers 3,290-3,370 req/s at
-# 2.7+ events per commit, 5 workers 2,690-2,830, 2 workers ~2,000). Four per CPU is at
-# the top of gunicorn's usual 2-4 x CPUs; each worker is a fork of the preloaded app
-# (48 MB resident, 7 MB of it its own: relay serve with 8 workers is 145 MB PSS in all).
-workers = int(os.environ.get("WEB_CONCURRENCY", str(4 * len(os.sched_getaffinity(0)))))
+# ~2,000 without). A request spends part of its time waiting for the group commit, so
+# twice as many workers as CPUs are kept busy, and their commits are shared. More buys
+# burst throughput at a price (measured on 2 CPUs, web-only: 8 workers 3,290-3,370
+# req/s against 2,610-2,840 with 4), because every sync worker wakes for every new
+# connection: at 500 req/s, 8 workers put delivery p50 at 38-84 ms and ingest p99 at
+# 10-39 ms; 4 keep them at 2.4 ms and 3-9 ms. Each worker is a fork of the preloaded
+# app (48 MB resident, 7 MB of it its own).
+workers = int(os.environ.get("WEB_CONCURRENCY", str(2 * len(os.sched_getaffinity(0)))))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 worker_class = "gthread" if threads > 1 else "sync"
 # Ingest is a signature check plus one commit: a request still running after 30 s is stuck.
