@@ -490,7 +490,7 @@ def render(
         "the delivery worker) divided by the requests answered. wrk runs on the same "
         f"{os.cpu_count()} CPUs. events/commit is how many webhooks the committer put in "
         "each transaction (group commit). delivered all after: how long after the burst "
-        "the last of its events reached the stand-in (the worker runs at idle priority, so "
+        "the last of its events reached the stand-in (the worker delivers at nice 19, so "
         "it catches up once ingest leaves the CPUs).",
         "",
         f"## Fixed rate: {RATE_PER_S} req/s for {RATE_SECONDS} s, open loop, new connection each",

@@ -144,13 +144,13 @@ def serve(web_only: bool) -> None:
     help="Lower this process's CPU priority by this much.",
 )
 @click.option(
-    "--idle",
+    "--low-priority",
     is_flag=True,
-    help="Make deliveries (not claims or outcome writes) use only CPU time nothing else "
-    "wants (Linux SCHED_IDLE); relay serve uses it.",
+    help="Run deliveries (not claims or outcome writes) at nice 19, so ingest on the same "
+    "machine comes first; relay serve uses it.",
 )
 @handles_errors
-def worker(once: bool, nice: int, idle: bool) -> None:
+def worker(once: bool, nice: int, low_priority: bool) -> None:
     """Run delivery only."""
     if nice:
         # Before any thread starts: Linux priorities are per thread and threads inherit.
@@ -165,7 +165,7 @@ def worker(once: bool, nice: int, idle: bool) -> None:
     # The worker's writes are bookkeeping (see open_store): not waiting on the disk for
     # them keeps the writer lock free for ingest (measured +17 % ingest under relay serve).
     store = _store(settings, sync_commits=False)
-    w = Worker(settings, store, idle_deliveries=idle)
+    w = Worker(settings, store, low_priority=low_priority)
     if once:
         click.echo(f"attempted {w.run_once()} event(s)")
         return

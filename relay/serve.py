@@ -6,13 +6,10 @@ waits for them to finish in-flight work. If either child dies on its own, the ot
 is stopped and ``serve`` exits non-zero so the platform restarts the whole unit
 (a web server without a worker would accept events nobody delivers).
 
-The worker runs at idle CPU priority (``relay worker --idle``, Linux ``SCHED_IDLE``):
-in a burst, answering Clerk comes first and delivery uses whatever CPU ingest leaves,
-catching up as soon as the burst ends. Measured on 2 cores, wrk -c16: ingest 2,830-2,970
-req/s with an idle-priority worker, 2,310-2,510 at nice 19, 2,230-2,330 at nice 10. With
-spare CPU the priority changes nothing. The catch: a relay whose CPUs are saturated
-without pause delivers nothing until they are not (the backlog shows in ``/metrics``
-and ``/readyz``); run ``relay worker`` separately if that can happen.
+The worker delivers at the lowest CPU priority (``relay worker --low-priority``: its
+delivery threads at nice 19, while its claims and outcome writes, which hold the
+store's writer lock, keep normal priority). In a burst, answering Clerk comes first and
+delivery catches up after; with spare CPU the priority changes nothing.
 """
 
 from __future__ import annotations
@@ -65,7 +62,7 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     }
     if not web_only:
         children["worker"] = subprocess.Popen(
-            [sys.executable, "-m", "relay", "worker", "--idle"], env=env
+            [sys.executable, "-m", "relay", "worker", "--low-priority"], env=env
         )
     log.info(
         "serve_started",
