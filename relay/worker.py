@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
+import queue
 import random
 import signal
 import socket
@@ -20,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, TypeVar
@@ -80,7 +83,7 @@ class Worker:
         # writes keep normal priority in their own threads: a thread that holds the
         # store's writer lock must not wait behind ingest for a CPU, or ingest waits too.
         self.low_priority = low_priority
-        self._recorder: ThreadPoolExecutor | None = None
+        self._recorder: Recorder | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -114,8 +117,7 @@ class Worker:
         stop_listening = self.store.listen(self._wake.set)
         # Started here, by this normal-priority thread, before any delivery thread exists
         # (a thread inherits its creator's priority, and can never raise its own back).
-        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="relay-record")
-        self._recorder.submit(lambda: None).result()
+        self._recorder = Recorder(self)
         pool = ThreadPoolExecutor(
             self.settings.concurrency,
             thread_name_prefix="relay-deliver",
@@ -138,7 +140,7 @@ class Worker:
                 self._wake.wait(self._wait_s())
         finally:
             pool.shutdown(wait=True)
-            self._recorder.shutdown(wait=True)
+            self._recorder.stop()
             self._recorder = None
             stop_listening()
             log.info("worker_stopped", worker_id=self.worker_id)
@@ -282,7 +284,14 @@ class Worker:
         backoff until the write succeeds or the lease is about to run out.
         """
         deadline_ms = self.now_ms() + self.lease_ms // 2
-        retrying = Retrying(
+        if self._recorder is not None:
+            return self._recorder.complete(event.id, attempt, outcome, deadline_ms)
+        results = [(event.id, attempt, outcome)]
+        return self.retrying(deadline_ms)(self.store.complete_many, self.worker_id, results)[0]
+
+    def retrying(self, deadline_ms: int) -> Retrying:
+        """tenacity for outcome writes: backoff until they succeed or ``deadline_ms``."""
+        return Retrying(
             retry=retry_if_exception_type(StoreError),
             wait=wait_random_exponential(multiplier=0.1, max=5.0),
             stop=_stop_recording(self, deadline_ms),
@@ -293,18 +302,18 @@ class Worker:
             ),
             reraise=True,
         )
-        return retrying(self.store.complete, event.id, self.worker_id, attempt, outcome)
 
     def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store write on the recorder thread (normal priority), log context and all."""
         if self._recorder is None:  # run_once: everything runs in the caller's thread
             return fn(*args)
-        return self._recorder.submit(contextvars.copy_context().run, fn, *args).result()
+        result: T = self._recorder.call(contextvars.copy_context().run, fn, *args)
+        return result
 
     def _finish(
         self, event: Event, attempt: Attempt, outcome: Outcome, next_in_s: float | None = None
     ) -> None:
-        kept = self._write(self._record, event, attempt, outcome)
+        kept = self._record(event, attempt, outcome)
         if outcome.next_attempt_at_ms is not None:
             with self._lock:  # wake for our own retry instead of waiting for the next poll
                 self._next_due_ms = min(self._next_due_ms, outcome.next_attempt_at_ms)
@@ -321,6 +330,94 @@ class Worker:
             error=attempt.error,
             lease_lost=not kept or None,
         )
+
+
+class Recorder:
+    """The worker's one writer thread, at normal priority: outcomes and releases.
+
+    Delivery threads hand it their outcome and wait. Whatever outcomes finished while
+    it was writing go into its next transaction together (``Store.complete_many``), so
+    under load the worker adds a fraction of a write per event to the file ingest
+    commits to, not one each. Started by the worker's main thread before any delivery
+    thread exists: a thread inherits its creator's priority and cannot raise its own.
+    """
+
+    #: Most outcomes written in one transaction.
+    MAX_BATCH = 64
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="relay-record", daemon=True)
+        self._thread.start()
+
+    def complete(self, event_id: str, attempt: Attempt, outcome: Outcome, deadline_ms: int) -> bool:
+        job = _Job(future=Future(), outcome=(event_id, attempt, outcome), deadline_ms=deadline_ms)
+        self._jobs.put(job)
+        kept: bool = job.future.result()
+        return kept
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        job = _Job(future=Future(), call=functools.partial(fn, *args))
+        self._jobs.put(job)
+        result: T = job.future.result()
+        return result
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+            for job in batch:
+                if job.call is not None:
+                    _settle(job.future, job.call)
+            outcomes = [job for job in batch if job.outcome is not None]
+            if outcomes:
+                self._complete(outcomes)
+
+    def _complete(self, jobs: list[_Job]) -> None:
+        worker = self.worker
+        deadline_ms = min(job.deadline_ms for job in jobs)
+        results = [job.outcome for job in jobs if job.outcome is not None]
+        try:
+            retrying = worker.retrying(deadline_ms)
+            kept = retrying(worker.store.complete_many, worker.worker_id, results)
+        except BaseException as exc:  # handed to every waiting delivery thread
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        for job, one in zip(jobs, kept, strict=True):
+            job.future.set_result(one)
+
+
+@dataclass
+class _Job:
+    future: Future[Any]
+    outcome: tuple[str, Attempt, Outcome] | None = None
+    deadline_ms: int = 0
+    call: Callable[[], Any] | None = None
+
+
+def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as exc:
+        future.set_exception(exc)
 
 
 def lower_thread_priority() -> None:

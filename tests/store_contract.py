@@ -74,6 +74,30 @@ class StoreContract:
         assert got is not None and got.status == Status.DELIVERED
         assert len(got.attempts) == 2  # both attempts happened and are logged
 
+    def test_complete_many_applies_each_outcome_under_its_own_lease(self, store: Store) -> None:
+        """Several outcomes in one call: each applied, each logged, each lease checked."""
+        for n in (1, 2, 3):
+            store.insert(make_event(event_id=f"msg_{n}", entity_id=f"user_{n}"))
+        store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=5)
+        store.release("msg_3", "w1")
+        kept = store.complete_many(
+            "w1",
+            [
+                ("msg_1", attempt(), Outcome(Status.DELIVERED)),
+                ("msg_2", attempt("retry", 503), Outcome(Status.PENDING, NOW + 5000, "HTTP 503")),
+                ("msg_3", attempt(), Outcome(Status.DELIVERED)),  # no longer ours
+            ],
+        )
+        assert kept == [True, True, False]
+        got = {n: store.get(f"msg_{n}") for n in (1, 2, 3)}
+        assert got[1] is not None and got[1].status == Status.DELIVERED
+        assert got[2] is not None and (got[2].status, got[2].last_error) == (
+            Status.PENDING,
+            "HTTP 503",
+        )
+        assert got[3] is not None and got[3].status == Status.PENDING
+        assert [len(e.attempts) for e in got.values() if e] == [1, 1, 1]
+
     def test_retry_outcome_keeps_pending_until_due(self, store: Store) -> None:
         """A retry sets next_attempt_at; the event is not claimable before then."""
         store.insert(make_event(event_id="msg_1"))

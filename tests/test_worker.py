@@ -403,17 +403,17 @@ def test_relay_events_skips_at_delivery(
 
 
 class FlakyCompleteStore(SQLiteStore):
-    """A real SQLite store whose first ``complete()`` calls fail like a full disk."""
+    """A real SQLite store whose first outcome writes fail like a full disk."""
 
     failures = 2
 
-    def complete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def complete_many(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         if self.failures:
             self.failures -= 1
             from relay.errors import StoreError
 
             raise StoreError("database or disk is full")
-        return super().complete(*args, **kwargs)
+        return super().complete_many(*args, **kwargs)
 
 
 def test_outcome_write_is_retried_not_redelivered(
@@ -445,3 +445,95 @@ def test_worker_wakes_for_its_own_retry_before_the_next_poll(
     assert worker._wait_s() == 5.0
     worker.run_once()
     assert 0.0 < worker._wait_s() <= 0.2 * 1.2 + 0.01
+
+
+class BatchRecordingStore(SQLiteStore):
+    """A real SQLite store that remembers how many outcomes each write carried."""
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+        self.writers: set[str] = set()
+
+    def complete_many(self, worker_id, results):  # type: ignore[no-untyped-def]
+        self.batches.append(len(results))
+        self.writers.add(threading.current_thread().name)
+        return super().complete_many(worker_id, results)
+
+
+def test_recorder_writes_outcomes_that_wait_together_in_one_transaction(
+    settings: Settings, tmp_path: object, convex: ConvexStandIn
+) -> None:
+    """Outcomes queued while the recorder is busy are written by one complete_many."""
+    from pathlib import Path
+
+    from relay.models import Outcome
+    from relay.worker import Recorder
+
+    assert isinstance(tmp_path, Path)
+    store = BatchRecordingStore(tmp_path / "batch.db")
+    store.migrate()
+    for n in range(3):
+        store.insert(make_event(event_id=f"msg_{n}", entity_id=f"user_{n}"))
+    worker = make_worker(settings, store, convex)
+    claimed = store.claim(worker.worker_id, now_ms=worker.now_ms(), lease_ms=60_000, limit=5)
+    recorder = Recorder(worker)
+    gate = threading.Event()
+    busy = threading.Thread(target=recorder.call, args=(gate.wait,))
+    busy.start()
+    kept: list[bool] = []
+    senders = [
+        threading.Thread(
+            target=lambda e=event: kept.append(
+                recorder.complete(e.id, attempt_ok(), Outcome(Status.DELIVERED), 2**62)
+            )
+        )
+        for event in claimed
+    ]
+    for sender in senders:
+        sender.start()
+    wait_for(lambda: recorder._jobs.qsize() == 3)
+    gate.set()
+    for thread in (busy, *senders):
+        thread.join(timeout=10)
+    recorder.stop()
+    assert kept == [True, True, True]
+    assert store.batches == [3]
+    assert all(store.get(e.id).status == Status.DELIVERED for e in claimed)  # type: ignore[union-attr]
+
+
+def test_running_worker_writes_outcomes_on_its_recorder_thread(
+    settings: Settings, tmp_path: object, convex: ConvexStandIn
+) -> None:
+    """Under run(), every outcome is written by the recorder, each event exactly once."""
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    store = BatchRecordingStore(tmp_path / "run.db")
+    store.migrate()
+    for n in range(12):
+        store.insert(make_event(event_id=f"msg_{n:02d}", entity_id=f"user_{n}"))
+    worker = make_worker(settings, store, convex)
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    wait_for(lambda: store.counts().get("delivered") == 12)
+    worker.stop()
+    runner.join(timeout=10)
+    assert sorted(convex.delivered) == [f"msg_{n:02d}" for n in range(12)]
+    assert sum(store.batches) == 12
+    assert store.writers == {"relay-record"}
+
+
+def attempt_ok():  # type: ignore[no-untyped-def]
+    from relay.models import Attempt
+
+    return Attempt(1_700_000_000_000, "http://convex.invalid", 200, 1.0, "delivered", None)
+
+
+def wait_for(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

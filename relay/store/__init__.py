@@ -20,7 +20,7 @@ number of workers on any number of machines:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from relay.models import Attempt, Event, EventFilter, NewEvent, Outcome, Page
@@ -42,6 +42,11 @@ class Store(Protocol):
 
     def complete(self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome) -> bool:
         """Log the attempt and apply the outcome; False if the lease was lost meanwhile."""
+
+    def complete_many(
+        self, worker_id: str, results: Sequence[tuple[str, Attempt, Outcome]]
+    ) -> list[bool]:
+        """:meth:`complete` for several ``(event_id, attempt, outcome)`` in one transaction."""
 
     def release(self, event_id: str, worker_id: str) -> None:
         """Give a leased event back untouched (shutdown before an attempt started)."""

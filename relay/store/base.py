@@ -8,6 +8,7 @@ their locking differs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
@@ -27,30 +28,38 @@ class SQLStoreBase:
         raise NotImplementedError
 
     def complete(self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome) -> bool:
+        return self.complete_many(worker_id, [(event_id, attempt, outcome)])[0]
+
+    def complete_many(
+        self, worker_id: str, results: Sequence[tuple[str, Attempt, Outcome]]
+    ) -> list[bool]:
         ph = self.PH
-        delivered_at = attempt.at_ms if outcome.status == Status.DELIVERED else None
+        kept = []
         with self._tx() as conn:
-            conn.execute(
-                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
-                f" VALUES ({', '.join([ph] * 7)})",
-                sql.attempt_params(event_id, attempt),
-            )
-            cur = conn.execute(
-                f"UPDATE events SET status = {ph}, attempt_count = attempt_count + 1,"
-                f" retry_step = retry_step + 1, next_attempt_at = {ph}, last_error = {ph},"
-                f" delivered_at = COALESCE({ph}, delivered_at),"
-                " lease_owner = NULL, lease_expires_at = NULL"
-                f" WHERE id = {ph} AND lease_owner = {ph}",
-                (
-                    str(outcome.status),
-                    outcome.next_attempt_at_ms,
-                    outcome.error,
-                    delivered_at,
-                    event_id,
-                    worker_id,
-                ),
-            )
-            return bool(cur.rowcount == 1)
+            for event_id, attempt, outcome in results:
+                delivered_at = attempt.at_ms if outcome.status == Status.DELIVERED else None
+                conn.execute(
+                    f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
+                    f" VALUES ({', '.join([ph] * 7)})",
+                    sql.attempt_params(event_id, attempt),
+                )
+                cur = conn.execute(
+                    f"UPDATE events SET status = {ph}, attempt_count = attempt_count + 1,"
+                    f" retry_step = retry_step + 1, next_attempt_at = {ph}, last_error = {ph},"
+                    f" delivered_at = COALESCE({ph}, delivered_at),"
+                    " lease_owner = NULL, lease_expires_at = NULL"
+                    f" WHERE id = {ph} AND lease_owner = {ph}",
+                    (
+                        str(outcome.status),
+                        outcome.next_attempt_at_ms,
+                        outcome.error,
+                        delivered_at,
+                        event_id,
+                        worker_id,
+                    ),
+                )
+                kept.append(cur.rowcount == 1)
+        return kept
 
     def release(self, event_id: str, worker_id: str) -> None:
         with self._tx() as conn:
