@@ -6,6 +6,7 @@ import json
 import random
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -461,20 +462,22 @@ class BatchRecordingStore(SQLiteStore):
         return super().complete_many(worker_id, results)
 
 
+def batch_store(tmp_path: Path, events: int) -> BatchRecordingStore:
+    store = BatchRecordingStore(tmp_path / "batches.db")
+    store.migrate()
+    for n in range(events):
+        store.insert(make_event(event_id=f"msg_{n:02d}", entity_id=f"user_{n}"))
+    return store
+
+
 def test_recorder_writes_outcomes_that_wait_together_in_one_transaction(
-    settings: Settings, tmp_path: object, convex: ConvexStandIn
+    settings: Settings, tmp_path: Path, convex: ConvexStandIn
 ) -> None:
     """Outcomes queued while the recorder is busy are written by one complete_many."""
-    from pathlib import Path
-
     from relay.models import Outcome
     from relay.worker import Recorder
 
-    assert isinstance(tmp_path, Path)
-    store = BatchRecordingStore(tmp_path / "batch.db")
-    store.migrate()
-    for n in range(3):
-        store.insert(make_event(event_id=f"msg_{n}", entity_id=f"user_{n}"))
+    store = batch_store(tmp_path, 3)
     worker = make_worker(settings, store, convex)
     claimed = store.claim(worker.worker_id, now_ms=worker.now_ms(), lease_ms=60_000, limit=5)
     recorder = Recorder(worker)
@@ -503,16 +506,10 @@ def test_recorder_writes_outcomes_that_wait_together_in_one_transaction(
 
 
 def test_running_worker_writes_outcomes_on_its_recorder_thread(
-    settings: Settings, tmp_path: object, convex: ConvexStandIn
+    settings: Settings, tmp_path: Path, convex: ConvexStandIn
 ) -> None:
     """Under run(), every outcome is written by the recorder, each event exactly once."""
-    from pathlib import Path
-
-    assert isinstance(tmp_path, Path)
-    store = BatchRecordingStore(tmp_path / "run.db")
-    store.migrate()
-    for n in range(12):
-        store.insert(make_event(event_id=f"msg_{n:02d}", entity_id=f"user_{n}"))
+    store = batch_store(tmp_path, 12)
     worker = make_worker(settings, store, convex)
     runner = threading.Thread(target=worker.run)
     runner.start()
