@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import selectors
@@ -46,6 +45,7 @@ import structlog
 
 from relay.errors import StoreError
 from relay.models import NewEvent, Status
+from relay.store.local import abstract_name
 
 if TYPE_CHECKING:
     from relay.store.sqlite import SQLiteStore
@@ -76,8 +76,7 @@ _META_FIELDS = tuple(f.name for f in dataclasses.fields(NewEvent) if f.name != "
 
 
 def socket_name(db_path: Path) -> bytes:
-    digest = hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:24]
-    return b"\0clerk-convex-relay-commit-" + digest.encode()
+    return abstract_name(db_path, "commit")
 
 
 def encode(event: NewEvent) -> bytes:

@@ -64,12 +64,17 @@ class WriterLock:
         self._fd = None
 
 
+def abstract_name(db_path: Path, role: str = "") -> bytes:
+    """A Linux abstract-namespace socket name for ``role`` on this database file."""
+    digest = hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:24]
+    return f"\0clerk-convex-relay-{role + '-' if role else ''}{digest}".encode()
+
+
 class WakeSocket:
     """Wake-ups for the worker that uses the same database file on this machine."""
 
     def __init__(self, db_path: Path) -> None:
-        digest = hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:24]
-        self.name = b"\0clerk-convex-relay-" + digest.encode()
+        self.name = abstract_name(db_path)
         self._sender: socket.socket | None = None
 
     def send(self) -> None:
