@@ -34,14 +34,6 @@ from .relay_process import RelayProcess, relay_env
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "relay.db")
-    s.migrate()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def committer(store: SQLiteStore) -> Iterator[Committer]:
     c = Committer(SQLiteStore(store.path))
     stop = c.start()

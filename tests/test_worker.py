@@ -19,6 +19,8 @@ from relay.worker import Worker
 
 from .convex_standin import ConvexStandIn
 from .factories import FORWARD_SECRET, SECRET, make_event
+from .relay_process import wait_until
+from .store_contract import attempt
 
 KEY = "prod:standin|key"
 
@@ -488,14 +490,14 @@ def test_recorder_writes_outcomes_that_wait_together_in_one_transaction(
     senders = [
         threading.Thread(
             target=lambda e=event: kept.append(
-                recorder.complete(e.id, attempt_ok(), Outcome(Status.DELIVERED), 2**62)
+                recorder.complete(e.id, attempt(), Outcome(Status.DELIVERED), 2**62)
             )
         )
         for event in claimed
     ]
     for sender in senders:
         sender.start()
-    wait_for(lambda: recorder._jobs.qsize() == 3)
+    wait_until(lambda: recorder._jobs.qsize() == 3, 10, "three queued outcomes")
     gate.set()
     for thread in (busy, *senders):
         thread.join(timeout=10)
@@ -513,24 +515,9 @@ def test_running_worker_writes_outcomes_on_its_recorder_thread(
     worker = make_worker(settings, store, convex)
     runner = threading.Thread(target=worker.run)
     runner.start()
-    wait_for(lambda: store.counts().get("delivered") == 12)
+    wait_until(lambda: store.counts().get("delivered") == 12, 10, "12 deliveries")
     worker.stop()
     runner.join(timeout=10)
     assert sorted(convex.delivered) == [f"msg_{n:02d}" for n in range(12)]
     assert sum(store.batches) == 12
     assert store.writers == {"relay-record"}
-
-
-def attempt_ok():  # type: ignore[no-untyped-def]
-    from relay.models import Attempt
-
-    return Attempt(1_700_000_000_000, "http://convex.invalid", 200, 1.0, "delivered", None)
-
-
-def wait_for(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
