@@ -77,7 +77,7 @@ def test_concurrent_inserts_share_transactions(store: SQLiteStore, committer: Co
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=send, args=(t,)) for t in range(8)]
+    threads = [threading.Thread(target=send, args=(t,), daemon=True) for t in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:

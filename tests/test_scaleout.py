@@ -385,7 +385,9 @@ def test_killed_worker_loses_nothing_and_only_its_leases_are_redelivered(
     with Cluster(tmp_path, pg_url, standin) as cluster:
         started = time.monotonic()
         problems: list[str] = []
-        poster = threading.Thread(target=lambda: problems.extend(post_all(cluster.web, batches)))
+        poster = threading.Thread(
+            target=lambda: problems.extend(post_all(cluster.web, batches)), daemon=True
+        )
         poster.start()
         wait_until(lambda: settled_count(pg_url) >= total // 4, 60, "a quarter delivered")
         killed_at, orphans = kill_holding_leases(cluster.workers[0], pg_url)

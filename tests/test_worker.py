@@ -348,7 +348,7 @@ def test_one_object_in_order_across_concurrent_slots(
     convex.script.hang_s = 0.02
     worker = make_worker(settings, store, convex, concurrency=4)
     worker.poll_interval_s = 0.05
-    thread = threading.Thread(target=worker.run)
+    thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
         deadline = datetime.now(UTC).timestamp() + 20
@@ -369,7 +369,7 @@ def test_stop_finishes_attempt_in_hand(
     store.insert(make_event(event_id="msg_1"))
     convex.script.hang_s = 0.5
     worker = make_worker(settings, store, convex)
-    thread = threading.Thread(target=worker.run)
+    thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     deadline = datetime.now(UTC).timestamp() + 5
     while not worker._in_flight and datetime.now(UTC).timestamp() < deadline:
@@ -483,25 +483,34 @@ def test_recorder_writes_outcomes_that_wait_together_in_one_transaction(
     worker = make_worker(settings, store, convex)
     claimed = store.claim(worker.worker_id, now_ms=worker.now_ms(), lease_ms=60_000, limit=5)
     recorder = Recorder(worker)
-    gate = threading.Event()
-    busy = threading.Thread(target=recorder.call, args=(gate.wait,))
-    busy.start()
+    gate, holding = threading.Event(), threading.Event()
+
+    def hold() -> None:  # the recorder's current job: nothing else is taken until it ends
+        holding.set()
+        gate.wait(10)
+
+    busy = threading.Thread(target=recorder.call, args=(hold,), daemon=True)
     kept: list[bool] = []
     senders = [
         threading.Thread(
             target=lambda e=event: kept.append(
                 recorder.complete(e.id, attempt(), Outcome(Status.DELIVERED), 2**62)
-            )
+            ),
+            daemon=True,
         )
         for event in claimed
     ]
-    for sender in senders:
-        sender.start()
-    wait_until(lambda: recorder._jobs.qsize() == 3, 10, "three queued outcomes")
-    gate.set()
-    for thread in (busy, *senders):
-        thread.join(timeout=10)
-    recorder.stop()
+    try:
+        busy.start()
+        wait_until(holding.is_set, 10, "the recorder to start the blocking call")
+        for sender in senders:
+            sender.start()
+        wait_until(lambda: recorder._jobs.qsize() == 3, 10, "three queued outcomes")
+    finally:
+        gate.set()
+        for thread in (busy, *senders):
+            thread.join(timeout=10)
+        recorder.stop()
     assert kept == [True, True, True]
     assert store.batches == [3]
     assert all(store.get(e.id).status == Status.DELIVERED for e in claimed)  # type: ignore[union-attr]
@@ -513,7 +522,7 @@ def test_running_worker_writes_outcomes_on_its_recorder_thread(
     """Under run(), every outcome is written by the recorder, each event exactly once."""
     store = batch_store(tmp_path, 12)
     worker = make_worker(settings, store, convex)
-    runner = threading.Thread(target=worker.run)
+    runner = threading.Thread(target=worker.run, daemon=True)
     runner.start()
     wait_until(lambda: store.counts().get("delivered") == 12, 10, "12 deliveries")
     worker.stop()
