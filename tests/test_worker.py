@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import socket
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -212,6 +216,90 @@ def test_connection_refused_is_retried(settings: Settings, store: SQLiteStore) -
     event = store.get("msg_1")
     assert event is not None and event.status == Status.PENDING
     assert event.last_error == "connection failed"
+
+
+def test_redirect_is_not_followed(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """A 3xx means a misconfigured URL: recorded as the answer, never followed."""
+    store.insert(make_event(event_id="msg_1"))
+    convex.fail_next(1, 307)
+    make_worker(settings, store, convex).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status != Status.DELIVERED
+    assert event.attempts[0].status_code == 307
+    assert len(convex.received) == 1
+
+
+def test_attempt_names_the_relay_in_its_user_agent(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    store.insert(make_event(event_id="msg_1"))
+    make_worker(settings, store, convex).run_once()
+    assert convex.received[0].headers["user-agent"].startswith("clerk-convex-relay/")
+
+
+@contextmanager
+def raw_server(handle: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A loopback TCP server that hands each connection to ``handle``; yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    handle(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def test_connection_closed_without_answer_is_retried(
+    settings: Settings, store: SQLiteStore
+) -> None:
+    """A peer that reads the request and hangs up is a transport failure, retried."""
+    store.insert(make_event(event_id="msg_1"))
+
+    def hang_up(conn: socket.socket) -> None:
+        conn.recv(65536)
+
+    with raw_server(hang_up) as url:
+        s = settings.with_overrides(convex_site_url=url, retry_schedule_s=(5.0,))
+        Worker(s, store, rng=random.Random(1)).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.PENDING
+    assert event.last_error == "connection failed"
+
+
+def test_proxy_from_the_environment_is_used_unless_no_proxy(
+    settings: Settings, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY carries deliveries (absolute-form request line); NO_PROXY bypasses it."""
+    lines: list[bytes] = []
+
+    def proxy(conn: socket.socket) -> None:
+        lines.append(conn.recv(65536).split(b"\r\n", 1)[0])
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+
+    store.insert(make_event(event_id="msg_1"))
+    s = settings.with_overrides(convex_site_url="http://convex.invalid", retry_schedule_s=(5.0,))
+    with raw_server(proxy) as url:
+        for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", url)
+        Worker(s, store, rng=random.Random(1)).run_once()
+        assert lines == [b"POST http://convex.invalid/clerk-users-webhook HTTP/1.1"]
+        store.insert(make_event(event_id="msg_2", entity_id="user_2"))
+        monkeypatch.setenv("no_proxy", "convex.invalid")
+        Worker(s, store, rng=random.Random(1)).run_once()
+    assert len(lines) == 1
+    assert store.get("msg_1").status == Status.DELIVERED  # type: ignore[union-attr]
+    second = store.get("msg_2")
+    assert second is not None and second.last_error == "connection failed"
 
 
 def test_mutation_target_uses_template_routes_and_deploy_key(
