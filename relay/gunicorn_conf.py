@@ -27,18 +27,21 @@ _settings = Settings.from_env()
 # --- sockets and workers ---------------------------------------------------------------
 # All interfaces: in a container or a Fly Machine the proxy connects from outside.
 bind = f"0.0.0.0:{_settings.port}"
-# Sync workers: measured faster than gthread for our short requests on 2 cores
-# (reference/environment.md §3; again in bench/: 1,136-1,599 req/s with threads against
-# ~2,000 without). A request spends part of its time waiting for the group commit, so
-# twice as many workers as CPUs are kept busy, and their commits are shared. More buys
-# burst throughput at a price (measured on 2 CPUs, web-only: 8 workers 3,290-3,370
-# req/s against 2,610-2,840 with 4), because every sync worker wakes for every new
-# connection: at 500 req/s, 8 workers put delivery p50 at 38-84 ms and ingest p99 at
-# 10-39 ms; 4 keep them at 2.4 ms and 3-9 ms. Each worker is a fork of the preloaded
-# app (48 MB resident, 7 MB of it its own).
+# gevent workers: a request spends much of its life waiting for the group commit, and
+# a gevent worker serves other requests meanwhile, so one commit takes in more events
+# (measured on the 2-core VM with bench/ingest.py: `relay serve` 2,590-2,985 req/s with
+# gevent against 1,725-1,927 with sync workers; hello-world Flask gains less, 6,150-6,300
+# against 5,100-5,200). Sync workers had to be added to get more requests in flight, and
+# every one of them wakes for every connection: 8 put delivery p50 at 38-84 ms at 500
+# req/s. Two workers per CPU keep both CPUs busy while one worker writes its log line.
+# GUNICORN_CMD_ARGS="-k sync" (or GUNICORN_THREADS=N for gthread) still works; the store
+# is used the same way by all three (SQLite calls block, but only for one commit).
 workers = int(os.environ.get("WEB_CONCURRENCY", str(2 * len(os.sched_getaffinity(0)))))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-worker_class = "gthread" if threads > 1 else "sync"
+worker_class = "gthread" if threads > 1 else "gevent"
+# Requests one gevent worker serves at once; more wait in the listen backlog. Clerk
+# sends a few at a time; 4 workers x 256 leaves room for a replayed backlog.
+worker_connections = 256
 # Ingest is a signature check plus one commit: a request still running after 30 s is stuck.
 timeout = 30
 # Above the 10 s delivery timeout, so a SIGTERM never cuts a request that is committing
@@ -47,16 +50,24 @@ graceful_timeout = 25
 # Fly's proxy reuses upstream connections; keep them a little longer than the default 2 s.
 keepalive = 5
 # Recycle workers now and then so a slow leak cannot grow forever; jitter keeps the
-# workers from restarting together.
-max_requests = 2048
-max_requests_jitter = 128
-# Build the app once in the master and fork workers from it, so a recycled worker
-# starts in milliseconds instead of re-importing Flask, svix and friends (measured: a
-# re-import every 2,048 requests cost ingest ~10 % of its throughput and put 400 ms
-# stalls in its p99). Safe by design: the app factory opens no connection and starts
-# no thread (each worker opens the store on its first request), and
-# prometheus-client's multiprocess values notice the fork by pid.
-preload_app = True
+# workers from restarting together. Rarely: a gevent worker notices it is due only on
+# its once-a-second tick and the master replaces it only after it exited, so every
+# recycle takes a worker away for about a second (at 2,048 requests, `relay serve` fell
+# from 4,000-4,200 to 2,940-2,990 req/s on the 2-core VM). 50,000 is days of Clerk
+# traffic and a few seconds of a burst.
+max_requests = 50_000
+max_requests_jitter = 5_000
+# Sync and gthread workers are forks of an app built once in the master, so a recycled
+# worker starts in milliseconds instead of re-importing Flask, svix and friends
+# (measured with sync workers recycled every 2,048 requests: ~10 % of ingest throughput
+# and 400 ms stalls in its p99). Safe for them: the app factory opens no connection
+# and starts no thread, and prometheus-client's multiprocess values notice the fork by
+# pid. Not for gevent: a gevent worker patches the standard library after the fork,
+# and a lock the app made before that is a real lock that blocks every greenlet of the
+# worker (gunicorn's documentation discourages the pair; measured here: the first
+# requests of a PostgreSQL-backed relay deadlocked on the store's lock). gevent workers
+# load the app themselves, once per worker, which max_requests above keeps rare.
+preload_app = worker_class != "gevent"
 # The heartbeat file on a container's overlay filesystem can stall a worker; tmpfs cannot.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - tmpfs by design
 # No gunicornc control socket (gunicorn >= 25): nothing uses it, and the app user has no

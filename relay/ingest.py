@@ -112,8 +112,6 @@ def receive(runtime: Runtime, environ: WSGIEnvironment, fields: dict[str, Any]) 
         raise
     outcome = fields["outcome"] = "accepted" if new else "duplicate"
     metrics.EVENTS_RECEIVED.labels(type=event_type, outcome=outcome).inc()
-    if new and event.status == Status.PENDING:
-        runtime.store.notify()
     return {"status": outcome, "id": svix.id}
 
 

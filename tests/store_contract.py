@@ -6,6 +6,8 @@ fixture returning a fresh, migrated store.
 
 from __future__ import annotations
 
+import threading
+
 from relay.models import Attempt, EventFilter, Outcome, Status
 from relay.store import Store
 
@@ -50,6 +52,16 @@ class StoreContract:
         assert store.insert(make_event(event_id="msg_dup", entity_id="user_b")) is False
         got = store.get("msg_dup")
         assert got is not None and got.entity_id == "user_a"
+
+    def test_insert_of_a_due_event_wakes_listening_workers(self, store: Store) -> None:
+        """insert() itself wakes listen(): ingest has no separate notify to forget."""
+        woke = threading.Event()
+        stop = store.listen(woke.set)
+        try:
+            store.insert(make_event(event_id="msg_wake"))
+            assert woke.wait(5)
+        finally:
+            stop()
 
     def test_get_unknown_is_none(self, store: Store) -> None:
         """Unknown ids are None, not an error."""

@@ -98,6 +98,29 @@ def test_duplicates_are_reported_through_the_committer(
     assert stored_ids(store.path) == ["msg_dup"]
 
 
+def test_the_committer_wakes_workers_once_a_commit_holds_a_due_event(
+    store: SQLiteStore, committer: Committer
+) -> None:
+    woke = threading.Event()
+    stop = store.listen(woke.set)
+    try:
+        assert store.insert(make_event(event_id="msg_due")) is True
+        assert committer.events == 1
+        assert woke.wait(5)
+    finally:
+        stop()
+
+
+def test_an_ingest_process_keeps_one_connection_between_requests(
+    store: SQLiteStore, committer: Committer
+) -> None:
+    """Sequential requests reuse the kept connection instead of connecting again."""
+    for i in range(5):
+        assert store.insert(make_event(event_id=f"msg_seq_{i}", entity_id=f"user_{i}"))
+    assert committer.events == 5
+    assert committer.connections == 1
+
+
 def test_without_a_committer_ingest_commits_by_itself(store: SQLiteStore) -> None:
     assert CommitClient(store.path).insert(make_event()) is None
     assert store.insert(make_event(event_id="msg_alone")) is True

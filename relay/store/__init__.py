@@ -35,7 +35,8 @@ class Store(Protocol):
         """Create or upgrade the schema; safe to call on every start."""
 
     def insert(self, event: NewEvent) -> bool:
-        """Commit durably; False when the id is already stored (nothing changes)."""
+        """Commit durably, then wake listening workers if the event is new and due;
+        False when the id is already stored (nothing changes)."""
 
     def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
         """Lease up to ``limit`` due events, honouring per-object order."""

@@ -58,6 +58,8 @@ _PEERCRED = struct.Struct("3i")
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 #: How long a client waits for its reply before committing by itself, in seconds.
 REPLY_TIMEOUT_S = 5.0
+#: Connections an ingest process keeps open to the committer when idle.
+MAX_IDLE_CONNECTIONS = 32
 #: After failing to reach the committer, commit directly this long before trying again.
 RECONNECT_AFTER_S = 1.0
 #: How long a transaction waits for more events when commits are coming back to back
@@ -102,7 +104,11 @@ class CommitClient:
     def __init__(self, db_path: Path, *, timeout_s: float = REPLY_TIMEOUT_S) -> None:
         self.name = socket_name(db_path)
         self.timeout_s = timeout_s
-        self._local = threading.local()  # one connection per thread (gthread workers)
+        # Idle connections, taken by one request at a time: a list used as a stack is
+        # safe for threads (gthread) and greenlets (gevent) alike, and a request never
+        # pays for a connect unless every kept connection is busy.
+        self._idle: list[socket.socket] = []
+        self._pid = os.getpid()
         self._retry_at = 0.0
 
     def insert(self, event: NewEvent) -> bool | None:
@@ -120,16 +126,22 @@ class CommitClient:
             reply = sock.recv(1)
         except OSError:
             reply = b""
+        if reply in (STORED, DUPLICATE, ERROR):
+            self._release(sock)
+        else:  # closed, timed out or garbled: this connection is done
+            sock.close()
+            self._retry_at = time.monotonic() + RECONNECT_AFTER_S
         if reply in (STORED, DUPLICATE):
             return reply == STORED
-        if reply != ERROR:  # closed, timed out or garbled: this connection is done
-            self._drop(sock)
         return None
 
     def _socket(self) -> socket.socket | None:
-        sock: socket.socket | None = getattr(self._local, "sock", None)
-        if sock is not None and self._local.pid == os.getpid():
-            return sock
+        if self._pid != os.getpid():  # forked: the parent's connections are not ours
+            self._idle, self._pid = [], os.getpid()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
         if time.monotonic() < self._retry_at:
             return None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -142,19 +154,19 @@ class CommitClient:
             sock.close()
             self._retry_at = time.monotonic() + RECONNECT_AFTER_S
             return None
-        self._local.sock, self._local.pid = sock, os.getpid()
         return sock
 
-    def _drop(self, sock: socket.socket) -> None:
-        sock.close()
-        self._local.sock = None
-        self._retry_at = time.monotonic() + RECONNECT_AFTER_S
+    def _release(self, sock: socket.socket) -> None:
+        if len(self._idle) < MAX_IDLE_CONNECTIONS and self._pid == os.getpid():
+            self._idle.append(sock)
+        else:
+            sock.close()
 
     def close(self) -> None:
-        sock = getattr(self._local, "sock", None)
-        if sock is not None and self._local.pid == os.getpid():
-            sock.close()
-        self._local = threading.local()
+        idle, self._idle = self._idle, []
+        if self._pid == os.getpid():
+            for sock in idle:
+                sock.close()
 
 
 class _Peer:
@@ -186,6 +198,7 @@ class Committer:
         self.name = socket_name(store.path)
         self.batches = 0
         self.events = 0
+        self.connections = 0
         self._last_batch = 0
         self._last_commit_end = 0.0
 
@@ -209,14 +222,19 @@ class Committer:
         def stop() -> None:
             stopped.set()
             thread.join(timeout=POLL_S * 4)
-            log.info("committer_stopped", batches=self.batches, events=self.events)
+            log.info(
+                "committer_stopped",
+                batches=self.batches,
+                events=self.events,
+                connections=self.connections,
+            )
 
         return stop
 
     def _serve(self, listener: socket.socket, stopped: threading.Event) -> None:
-        # select(2), not epoll: epoll_wait counts in whole milliseconds, which would
-        # stretch COMMIT_DELAY_S to 1 ms. A handful of ingest processes fit FD_SETSIZE.
-        selector = selectors.SelectSelector()
+        # Any number of connections (gevent workers keep one per request in flight), so
+        # not select(2). epoll counts in whole milliseconds: the commit delay sleeps.
+        selector = selectors.DefaultSelector()
         selector.register(listener, selectors.EVENT_READ)
         peers: dict[socket.socket, _Peer] = {}
         try:
@@ -225,7 +243,8 @@ class Committer:
                 if batch and len(peers) > len(batch) and self._busy():
                     # Others are connected and may be mid-request: give them a moment to
                     # join this transaction rather than pay for a commit of their own.
-                    batch += self._gather(listener, selector, peers, COMMIT_DELAY_S)
+                    time.sleep(COMMIT_DELAY_S)
+                    batch += self._gather(listener, selector, peers, 0)
                 if batch:
                     self._last_batch = len(batch)
                     self._commit(batch, selector, peers)
@@ -271,6 +290,7 @@ class Committer:
                 sock.close()
                 return
             sock.setblocking(False)
+            self.connections += 1
             peers[sock] = _Peer(sock)
             selector.register(sock, selectors.EVENT_READ)
 
@@ -309,6 +329,10 @@ class Committer:
         try:
             stored = self.store.insert_many(events)
             replies = [STORED if new else DUPLICATE for new in stored]
+            if any(
+                new and e.status == Status.PENDING for new, e in zip(stored, events, strict=True)
+            ):
+                self.store.notify()  # one wake-up per commit, not per event
         except StoreError as exc:
             # The whole transaction rolled back: every sender commits its own event,
             # so one bad event (or a full disk) is isolated to the requests it concerns.

@@ -162,7 +162,10 @@ class PostgresStore(SQLStoreBase):
                     event.received_at_ms if event.status == Status.PENDING else None,
                 ),
             )
-            return cur.rowcount == 1
+            stored = cur.rowcount == 1
+            if stored and event.status == Status.PENDING:
+                conn.execute(f"NOTIFY {CHANNEL}")  # sent by the commit, with no round trip
+            return stored
 
     def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
         blocked = sql.BLOCKED_BY_OLDER.format(now="%(now)s")

@@ -167,11 +167,13 @@ class SQLiteStore(SQLStoreBase):
 
     def insert(self, event: NewEvent) -> bool:
         # Through the committer when one runs (it shares one fsync among concurrent
-        # requests); by ourselves when it does not or cannot answer.
+        # requests, and one wake-up); by ourselves when it does not or cannot answer.
         stored = self._committer.insert(event)
-        if stored is not None:
-            return stored
-        return self.insert_many([event])[0]
+        if stored is None:
+            stored = self.insert_many([event])[0]
+            if stored and event.status == Status.PENDING:
+                self.notify()
+        return stored
 
     def insert_many(self, events: Sequence[NewEvent]) -> list[bool]:
         """Commit several events in one transaction; per event, whether it was new."""
