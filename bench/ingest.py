@@ -294,7 +294,12 @@ async def _one(port: int, raw: bytes) -> int:
     writer.write(raw)
     await writer.drain()
     status_line = await reader.readline()
-    await reader.read()  # gunicorn's sync workers close after each response
+    length = 0  # read by Content-Length: gevent workers keep the connection open
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
     writer.close()
     return int(status_line.split()[1])
 

@@ -41,10 +41,14 @@ from relay.store import Store
 
 log = structlog.get_logger("relay.worker")
 
-#: How often the loop looks for due work when nothing wakes it (retries come due silently).
 T = TypeVar("T")
 
+#: How often the loop looks for due work when nothing wakes it (retries come due silently).
 POLL_INTERVAL_S = 1.0
+#: While ingest on this machine is in a burst (``Store.ingest_burst_s``), the worker
+#: claims new events at most this often: the burst gets the CPUs, the backlog is
+#: delivered right after it, and a burst that never ends cannot starve delivery.
+BURST_CLAIM_EVERY_S = 1.0
 #: Niceness of delivery threads under ``relay worker --low-priority`` (relay serve).
 LOW_PRIORITY_NICE = 19
 HEARTBEAT_INTERVAL_S = 5.0
@@ -84,6 +88,10 @@ class Worker:
         # store's writer lock must not wait behind ingest for a CPU, or ingest waits too.
         self.low_priority = low_priority
         self._recorder: Recorder | None = None
+        self.burst_claim_every_s = BURST_CLAIM_EVERY_S
+        self._last_claim = 0.0  # time.monotonic() of the last claim
+        self._deferred_since: float | None = None  # a burst is holding claims back
+        self._defer_until = 0.0
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -151,7 +159,10 @@ class Worker:
             due_ms = self._next_due_ms
             if due_ms <= self.now_ms():
                 self._next_due_ms = 2**63  # due now: this pass claims it
-        return max(0.0, min(self.poll_interval_s, (due_ms - self.now_ms()) / 1000))
+        wait_s = min(self.poll_interval_s, (due_ms - self.now_ms()) / 1000)
+        if self._deferred_since is not None:  # look again when the burst may be over
+            wait_s = min(wait_s, self._defer_until - time.monotonic())
+        return max(0.0, wait_s)
 
     def _beat(self) -> None:
         try:
@@ -168,6 +179,9 @@ class Worker:
         # writer lock. With nothing in flight, claim at once.
         if free <= 0 or (busy and free < (self.settings.concurrency + 1) // 2):
             return
+        if self._deferring():
+            return
+        self._last_claim = time.monotonic()
         try:
             events = self.store.claim(
                 self.worker_id, now_ms=self.now_ms(), lease_ms=self.lease_ms, limit=free
@@ -180,6 +194,22 @@ class Worker:
             with self._lock:
                 self._in_flight.add(future)
             future.add_done_callback(self._done)
+
+    def _deferring(self) -> bool:
+        """Whether to leave the CPUs to an ingest burst now instead of claiming."""
+        now = time.monotonic()
+        burst_s = self.store.ingest_burst_s()
+        next_claim = self._last_claim + self.burst_claim_every_s
+        if burst_s > 0 and now < next_claim:
+            if self._deferred_since is None:
+                self._deferred_since = now
+                log.info("deliveries_deferred", reason="ingest burst")
+            self._defer_until = min(now + burst_s, next_claim)
+            return True
+        if self._deferred_since is not None and burst_s == 0:
+            log.info("deliveries_resumed", deferred_s=round(now - self._deferred_since, 2))
+            self._deferred_since = None
+        return False
 
     def _done(self, future: Future[None]) -> None:
         with self._lock:

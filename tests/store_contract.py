@@ -63,6 +63,10 @@ class StoreContract:
         finally:
             stop()
 
+    def test_no_ingest_burst_without_a_signal(self, store: Store) -> None:
+        """A store nobody signalled a burst through says 0.0: the worker claims freely."""
+        assert store.ingest_burst_s() == 0.0
+
     def test_get_unknown_is_none(self, store: Store) -> None:
         """Unknown ids are None, not an error."""
         assert store.get("msg_nope") is None

@@ -20,6 +20,7 @@ import requests
 
 from relay.models import NewEvent, Status
 from relay.store.committer import (
+    BURST_WINDOW,
     ERROR,
     CommitClient,
     Committer,
@@ -119,6 +120,21 @@ def test_an_ingest_process_keeps_one_connection_between_requests(
         assert store.insert(make_event(event_id=f"msg_seq_{i}", entity_id=f"user_{i}"))
     assert committer.events == 5
     assert committer.connections == 1
+
+
+def test_commits_shared_by_several_events_in_a_row_are_a_burst(store: SQLiteStore) -> None:
+    """Lone events never make a burst; a run of shared commits does; it passes again."""
+    c = Committer(store)
+    for _ in range(50):
+        c.observe(1)
+        c.observe(2)  # 500 req/s now and then puts two in one commit
+    assert not c.bursting
+    for _ in range(BURST_WINDOW):
+        c.observe(8)
+    assert c.bursting
+    for _ in range(2 * BURST_WINDOW):
+        c.observe(1)
+    assert not c.bursting
 
 
 def test_without_a_committer_ingest_commits_by_itself(store: SQLiteStore) -> None:

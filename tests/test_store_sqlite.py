@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.store import open_store
+from relay.store import local, open_store
 from relay.store.sqlite import SQLiteStore
 
 from .factories import make_event
@@ -61,6 +61,28 @@ class TestSQLiteStore(StoreContract):
         store.heartbeat("new", now_ms=week_ms + 1_001)
         rows = store._conn().execute("SELECT id FROM workers ORDER BY id").fetchall()
         assert rows == [("new",), ("recent",)]
+
+    def test_a_burst_wake_up_holds_for_a_moment_on_the_listening_side(
+        self, store: SQLiteStore
+    ) -> None:
+        """notify(burst=True) wakes the listener and marks a burst there; a plain
+        wake-up does not."""
+        import threading
+
+        woke = threading.Event()
+        stop = store.listen(woke.set)
+        try:
+            ingest = SQLiteStore(store.path)
+            ingest.notify()
+            assert woke.wait(5)
+            assert store.ingest_burst_s() == 0.0
+            woke.clear()
+            ingest.notify(burst=True)
+            assert woke.wait(5)
+            assert 0.0 < store.ingest_burst_s() <= local.BURST_HOLD_S
+            assert ingest.ingest_burst_s() == 0.0  # only the listener hears it
+        finally:
+            stop()
 
     def test_notify_wakes_a_listener(self, store: SQLiteStore) -> None:
         """notify() from one store object wakes listen() on another for the same file."""

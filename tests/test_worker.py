@@ -618,3 +618,62 @@ def test_running_worker_writes_outcomes_on_its_recorder_thread(
     assert sorted(convex.delivered) == [f"msg_{n:02d}" for n in range(12)]
     assert sum(store.batches) == 12
     assert store.writers == {"relay-record"}
+
+
+class BurstingStore(SQLiteStore):
+    """A store whose ingest says it is in a burst for as long as ``bursting`` is set."""
+
+    bursting = True
+
+    def ingest_burst_s(self) -> float:
+        return 0.2 if self.bursting else 0.0
+
+
+def bursting_store(tmp_path: Path, events: int) -> BurstingStore:
+    store = BurstingStore(tmp_path / "burst.db")
+    store.migrate()
+    for n in range(events):
+        store.insert(make_event(event_id=f"msg_{n:02d}", entity_id=f"user_{n}"))
+    return store
+
+
+def test_an_ingest_burst_holds_claims_back_until_it_ends(
+    settings: Settings, tmp_path: Path, convex: ConvexStandIn
+) -> None:
+    """During a burst the worker claims once, then leaves the CPUs to ingest; when the
+    burst ends it delivers the rest at once."""
+    store = bursting_store(tmp_path, 8)
+    worker = make_worker(settings, store, convex, concurrency=4)
+    worker.burst_claim_every_s = 3600  # only the end of the burst can release the rest
+    runner = threading.Thread(target=worker.run, daemon=True)
+    with capture_logs() as logs:
+        runner.start()
+        try:
+            wait_until(lambda: store.counts().get("delivered") == 4, 10, "the first claim")
+            wait_until(lambda: any(e["event"] == "deliveries_deferred" for e in logs), 10)
+            assert store.counts().get("delivered") == 4
+            store.bursting = False
+            wait_until(lambda: store.counts().get("delivered") == 8, 10, "the rest")
+        finally:
+            worker.stop()
+            runner.join(timeout=10)
+    assert sorted(convex.delivered) == [f"msg_{n:02d}" for n in range(8)]
+    resumed = [e for e in logs if e["event"] == "deliveries_resumed"]
+    assert len(resumed) == 1 and resumed[0]["deferred_s"] >= 0
+
+
+def test_a_burst_that_never_ends_cannot_starve_delivery(
+    settings: Settings, tmp_path: Path, convex: ConvexStandIn
+) -> None:
+    """Under an endless burst the worker still claims every burst_claim_every_s."""
+    store = bursting_store(tmp_path, 12)
+    worker = make_worker(settings, store, convex, concurrency=4)
+    worker.burst_claim_every_s = 0.2
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: store.counts().get("delivered") == 12, 10, "every delivery")
+    finally:
+        worker.stop()
+        runner.join(timeout=10)
+    assert store.bursting  # delivered while the burst was still on

@@ -87,6 +87,11 @@ class Store(Protocol):
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` whenever :meth:`notify` is called anywhere; returns a stop function."""
 
+    def ingest_burst_s(self) -> float:
+        """Seconds the latest "ingest is in a burst" signal still holds; 0.0 when there is
+        none. Only meaningful in the process that listens; a backend without
+        the signal always says 0.0."""
+
     def export(self) -> Iterable[tuple[Event, list[Attempt]]]:
         """Every event with its attempts, oldest first (for ``relay migrate-store``)."""
 

@@ -65,10 +65,17 @@ RECONNECT_AFTER_S = 1.0
 #: How long a transaction waits for more events when commits are coming back to back
 #: (so others are likely mid-request) and other ingest processes are connected:
 #: PostgreSQL's ``commit_delay``/``commit_siblings``. A lone request under light load
-#: never waits. Measured on the 2-core VM (web-only, 4 workers): 2,100-2,290 req/s with
-#: it against 1,960 without the committer; 400 us and 1 ms were no better, and light
-#: load keeps a p50 of 2.5 ms at 500 req/s.
-COMMIT_DELAY_S = 150e-6
+#: never waits. Measured on the 2-core VM with gevent workers (web-only, same runs):
+#: 1 ms put 6.7-11 events in a commit and cost 285-304 us of CPU per request; 150 us
+#: put 2.5-4.9 and cost 321-333 us; 2 ms was no better than 1 ms.
+COMMIT_DELAY_S = 1e-3
+#: Ingest is in a burst while its commits hold this many events on average (moving
+#: average over about :data:`BURST_WINDOW` commits): requests are queueing for the disk,
+#: not arriving one at a time. The committer says so in its wake-ups and the delivery
+#: worker then leaves the CPUs to ingest (see :mod:`relay.worker`). At 500 req/s on the
+#: 2-core VM commits hold 1-2 events; a saturating burst puts 6-11 in each.
+BURST_EVENTS_PER_COMMIT = 3.0
+BURST_WINDOW = 8
 #: Requests arriving this soon after the previous commit mean ingest is busy.
 BUSY_GAP_S = 1e-3
 #: How often the serving loop checks whether it was asked to stop, in seconds.
@@ -201,6 +208,7 @@ class Committer:
         self.connections = 0
         self._last_batch = 0
         self._last_commit_end = 0.0
+        self._mean_batch = 1.0  # moving average of events per commit
 
     def start(self) -> Callable[[], None] | None:
         """Listen and commit in a thread; returns its stop function, or None if another
@@ -254,6 +262,15 @@ class Committer:
                 self._forget(peer, selector, peers)
             selector.close()
             listener.close()
+
+    def observe(self, batch: int) -> None:
+        """Count a commit of ``batch`` events into the burst detector."""
+        self._mean_batch += (batch - self._mean_batch) / BURST_WINDOW
+
+    @property
+    def bursting(self) -> bool:
+        """Whether commits have lately been shared by several events each."""
+        return self._mean_batch >= BURST_EVENTS_PER_COMMIT
 
     def _busy(self) -> bool:
         """Whether commits are coming back to back: the last one was shared, or this
@@ -326,13 +343,14 @@ class Committer:
             events.append(event)
         if not events:
             return
+        due = False
         try:
             stored = self.store.insert_many(events)
             replies = [STORED if new else DUPLICATE for new in stored]
-            if any(
+            self.observe(len(events))
+            due = any(
                 new and e.status == Status.PENDING for new, e in zip(stored, events, strict=True)
-            ):
-                self.store.notify()  # one wake-up per commit, not per event
+            )
         except StoreError as exc:
             # The whole transaction rolled back: every sender commits its own event,
             # so one bad event (or a full disk) is isolated to the requests it concerns.
@@ -347,6 +365,8 @@ class Committer:
                 peer.sock.sendall(reply)  # one byte into an idle socket: never blocks
             except OSError:
                 self._forget(peer, selector, peers)
+        if due:  # after the replies: waking the worker may hand it this CPU
+            self.store.notify(burst=self.bursting)  # one wake-up per commit
 
     @staticmethod
     def _forget(

@@ -19,6 +19,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from relay.errors import StoreError
 
 #: How often a listener checks whether it was asked to stop, in seconds.
 LISTEN_POLL_S = 0.5
+#: A burst is over this long after the last wake-up that said it was one.
+BURST_HOLD_S = 0.2
+_WAKE, _BURST = b"!", b"B"
 
 
 class WriterLock:
@@ -76,16 +80,25 @@ class WakeSocket:
     def __init__(self, db_path: Path) -> None:
         self.name = abstract_name(db_path)
         self._sender: socket.socket | None = None
+        self._burst_until = 0.0  # monotonic; set by burst wake-ups (listener side)
 
-    def send(self) -> None:
-        """Best effort, never raises, never blocks."""
+    def send(self, *, burst: bool = False) -> None:
+        """Best effort, never raises, never blocks. ``burst``: ingest is committing in a
+        burst (see :meth:`burst_remaining_s`)."""
         try:
             if self._sender is None:
                 self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sender.setblocking(False)
-            self._sender.sendto(b"!", self.name)
+            self._sender.sendto(_BURST if burst else _WAKE, self.name)
         except OSError:
             pass  # nobody listening, or the queue is full: the worker polls anyway
+
+    def burst_remaining_s(self) -> float:
+        """How much longer the last burst wake-up holds (0.0: no burst), listener side.
+
+        A burst lasts while burst wake-ups keep coming, plus :data:`BURST_HOLD_S`.
+        """
+        return max(0.0, self._burst_until - time.monotonic())
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` on every datagram until the returned function is called.
@@ -105,11 +118,13 @@ class WakeSocket:
         def loop() -> None:
             while not stopped.is_set():
                 try:
-                    sock.recv(64)
+                    message = sock.recv(64)
                 except TimeoutError:
                     continue
                 except OSError:
                     return
+                if message == _BURST:
+                    self._burst_until = time.monotonic() + BURST_HOLD_S
                 wake()
 
         thread = threading.Thread(target=loop, name="relay-wake", daemon=True)

@@ -259,6 +259,9 @@ class PostgresStore(SQLStoreBase):
         with contextlib.suppress(StoreError), self._tx(timeout_s=1.0) as conn:
             conn.execute(f"NOTIFY {CHANNEL}")
 
+    def ingest_burst_s(self) -> float:
+        return 0.0  # no group commit here to tell a burst by; workers scale out instead
+
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
         listener = _Listener(self._url, wake)
         listener.start(ready_timeout_s=self._timeout_s)

@@ -245,8 +245,11 @@ class SQLiteStore(SQLStoreBase):
             )
             return cur.rowcount
 
-    def notify(self) -> None:
-        self._wake.send()
+    def notify(self, *, burst: bool = False) -> None:
+        self._wake.send(burst=burst)
+
+    def ingest_burst_s(self) -> float:
+        return self._wake.burst_remaining_s()
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
         return self._wake.listen(wake)
