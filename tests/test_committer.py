@@ -137,6 +137,27 @@ def test_commits_shared_by_several_events_in_a_row_are_a_burst(store: SQLiteStor
     assert not c.bursting
 
 
+def test_a_burst_wakes_the_worker_now_and_then_not_after_every_commit(
+    store: SQLiteStore,
+) -> None:
+    bursts: list[bool] = []
+
+    class Counting(SQLiteStore):
+        def notify(self, *, burst: bool = False) -> None:
+            bursts.append(burst)
+
+    c = Committer(Counting(store.path))
+    for _ in range(BURST_WINDOW):
+        c.observe(8)
+    for _ in range(20):
+        c._wake()  # twenty commits inside BURST_WAKE_EVERY_S
+    assert bursts == [True]
+    for _ in range(2 * BURST_WINDOW):
+        c.observe(1)
+    c._wake()
+    assert bursts == [True, False]  # the end of the burst is said at once
+
+
 def test_without_a_committer_ingest_commits_by_itself(store: SQLiteStore) -> None:
     assert CommitClient(store.path).insert(make_event()) is None
     assert store.insert(make_event(event_id="msg_alone")) is True

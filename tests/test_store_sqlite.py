@@ -81,6 +81,10 @@ class TestSQLiteStore(StoreContract):
             assert woke.wait(5)
             assert 0.0 < store.ingest_burst_s() <= local.BURST_HOLD_S
             assert ingest.ingest_burst_s() == 0.0  # only the listener hears it
+            woke.clear()
+            ingest.notify()  # the committer's next plain wake-up: the burst is over
+            assert woke.wait(5)
+            assert store.ingest_burst_s() == 0.0
         finally:
             stop()
 

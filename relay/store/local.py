@@ -96,7 +96,8 @@ class WakeSocket:
     def burst_remaining_s(self) -> float:
         """How much longer the last burst wake-up holds (0.0: no burst), listener side.
 
-        A burst lasts while burst wake-ups keep coming, plus :data:`BURST_HOLD_S`.
+        A burst lasts while burst wake-ups keep coming, plus :data:`BURST_HOLD_S`, or
+        until a plain wake-up says it is over.
         """
         return max(0.0, self._burst_until - time.monotonic())
 
@@ -123,8 +124,8 @@ class WakeSocket:
                     continue
                 except OSError:
                     return
-                if message == _BURST:
-                    self._burst_until = time.monotonic() + BURST_HOLD_S
+                # A plain wake-up from the committer means the burst is over.
+                self._burst_until = time.monotonic() + BURST_HOLD_S if message == _BURST else 0.0
                 wake()
 
         thread = threading.Thread(target=loop, name="relay-wake", daemon=True)
