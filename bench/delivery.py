@@ -50,7 +50,7 @@ from tests.relay_process import RelayProcess, wait_until  # noqa: E402
 DRAIN_EVENTS = 3000
 WORKER_COUNTS = (1, 3)
 #: More than the relay ingests in one wrk run, so no request repeats a svix-id.
-PRESIGNED = 40_000
+PRESIGNED = 60_000
 CEILING_SECONDS = 5
 CEILING_CONNECTIONS = 12
 DRAIN_TIMEOUT_S = 120.0
