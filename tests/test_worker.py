@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from structlog.testing import capture_logs
@@ -552,8 +553,12 @@ class BatchRecordingStore(SQLiteStore):
         return super().complete_many(worker_id, results)
 
 
-def batch_store(tmp_path: Path, events: int) -> BatchRecordingStore:
-    store = BatchRecordingStore(tmp_path / "batches.db")
+StoreT = TypeVar("StoreT", bound=SQLiteStore)
+
+
+def seeded(store_class: type[StoreT], path: Path, events: int) -> StoreT:
+    """A migrated store of ``store_class`` holding ``events`` due events, one per user."""
+    store = store_class(path)
     store.migrate()
     for n in range(events):
         store.insert(make_event(event_id=f"msg_{n:02d}", entity_id=f"user_{n}"))
@@ -567,7 +572,7 @@ def test_recorder_writes_outcomes_that_wait_together_in_one_transaction(
     from relay.models import Outcome
     from relay.worker import Recorder
 
-    store = batch_store(tmp_path, 3)
+    store = seeded(BatchRecordingStore, tmp_path / "batches.db", 3)
     worker = make_worker(settings, store, convex)
     claimed = store.claim(worker.worker_id, now_ms=worker.now_ms(), lease_ms=60_000, limit=5)
     recorder = Recorder(worker)
@@ -608,7 +613,7 @@ def test_running_worker_writes_outcomes_on_its_recorder_thread(
     settings: Settings, tmp_path: Path, convex: ConvexStandIn
 ) -> None:
     """Under run(), every outcome is written by the recorder, each event exactly once."""
-    store = batch_store(tmp_path, 12)
+    store = seeded(BatchRecordingStore, tmp_path / "batches.db", 12)
     worker = make_worker(settings, store, convex)
     runner = threading.Thread(target=worker.run, daemon=True)
     runner.start()
@@ -629,20 +634,12 @@ class BurstingStore(SQLiteStore):
         return 0.2 if self.bursting else 0.0
 
 
-def bursting_store(tmp_path: Path, events: int) -> BurstingStore:
-    store = BurstingStore(tmp_path / "burst.db")
-    store.migrate()
-    for n in range(events):
-        store.insert(make_event(event_id=f"msg_{n:02d}", entity_id=f"user_{n}"))
-    return store
-
-
 def test_an_ingest_burst_holds_claims_back_until_it_ends(
     settings: Settings, tmp_path: Path, convex: ConvexStandIn
 ) -> None:
     """During a burst the worker claims once, then leaves the CPUs to ingest; when the
     burst ends it delivers the rest at once."""
-    store = bursting_store(tmp_path, 8)
+    store = seeded(BurstingStore, tmp_path / "burst.db", 8)
     worker = make_worker(settings, store, convex, concurrency=4)
     worker.burst_claim_every_s = 3600  # only the end of the burst can release the rest
     runner = threading.Thread(target=worker.run, daemon=True)
@@ -666,7 +663,7 @@ def test_a_burst_that_never_ends_cannot_starve_delivery(
     settings: Settings, tmp_path: Path, convex: ConvexStandIn
 ) -> None:
     """Under an endless burst the worker still claims every burst_claim_every_s."""
-    store = bursting_store(tmp_path, 12)
+    store = seeded(BurstingStore, tmp_path / "burst.db", 12)
     worker = make_worker(settings, store, convex, concurrency=4)
     worker.burst_claim_every_s = 0.2
     runner = threading.Thread(target=worker.run, daemon=True)
