@@ -160,8 +160,9 @@ class Worker:
             if due_ms <= self.now_ms():
                 self._next_due_ms = 2**63  # due now: this pass claims it
         wait_s = min(self.poll_interval_s, (due_ms - self.now_ms()) / 1000)
-        if self._deferred_since is not None:  # look again when the burst may be over
-            wait_s = min(wait_s, self._defer_until - time.monotonic())
+        defer_s = self._defer_until - time.monotonic()
+        if self._deferred_since is not None and defer_s > 0:  # look again when it may be over
+            wait_s = min(wait_s, defer_s)
         return max(0.0, wait_s)
 
     def _beat(self) -> None:
