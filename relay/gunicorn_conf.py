@@ -33,10 +33,12 @@ bind = f"0.0.0.0:{_settings.port}"
 # gevent against 1,725-1,927 with sync workers; hello-world Flask gains less, 6,150-6,300
 # against 5,100-5,200). Sync workers had to be added to get more requests in flight, and
 # every one of them wakes for every connection: 8 put delivery p50 at 38-84 ms at 500
-# req/s. Two workers per CPU keep both CPUs busy while one worker writes its log line.
+# req/s. One gevent worker per CPU (at least two, so one blocked worker never stops
+# ingest): 3 interleaved rounds on 2 CPUs gave `relay serve` 5,138-5,706 req/s with 2
+# workers against 4,497-5,344 with 4 (hello-world 9,947-10,414 against 9,544-9,926).
 # GUNICORN_CMD_ARGS="-k sync" (or GUNICORN_THREADS=N for gthread) still works; the store
 # is used the same way by all three (SQLite calls block, but only for one commit).
-workers = int(os.environ.get("WEB_CONCURRENCY", str(2 * len(os.sched_getaffinity(0)))))
+workers = int(os.environ.get("WEB_CONCURRENCY", str(max(2, len(os.sched_getaffinity(0))))))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 worker_class = "gthread" if threads > 1 else "gevent"
 # Requests one gevent worker serves at once; more wait in the listen backlog. Clerk
