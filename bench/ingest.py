@@ -496,8 +496,8 @@ def render(
         "the delivery worker) divided by the requests answered. wrk runs on the same "
         f"{os.cpu_count()} CPUs. events/commit is how many webhooks the committer put in "
         "each transaction (group commit). delivered all after: how long after the burst "
-        "the last of its events reached the stand-in (the worker delivers at nice 19, so "
-        "it catches up once ingest leaves the CPUs).",
+        "the last of its events reached the stand-in (while ingest commits in a burst the "
+        "worker defers its claims, so it catches up once the burst is over).",
         "",
         f"## Fixed rate: {RATE_PER_S} req/s for {RATE_SECONDS} s, open loop, new connection each",
         "",

@@ -72,6 +72,9 @@ class Deliverer:
         self.target_url = settings.target_url
         self._signer = Webhook(settings.forward_secret) if settings.forward_secret else None
         self._http = _connection_pool(self.target_url, settings.concurrency)
+        self._timeout = urllib3.Timeout(
+            connect=settings.delivery_timeout_s, read=settings.delivery_timeout_s
+        )
         # A pool of our own is asked for the path; a proxy needs the whole URL.
         self._absolute = isinstance(self._http, urllib3.ProxyManager)
 
@@ -127,9 +130,6 @@ class Deliverer:
 
     def send(self, request: Request) -> Response:
         """Send one attempt with the per-attempt timeout; never raises for HTTP trouble."""
-        timeout = urllib3.Timeout(
-            connect=self.settings.delivery_timeout_s, read=self.settings.delivery_timeout_s
-        )
         started = time.perf_counter()
         try:
             reply = self._http.urlopen(
@@ -137,7 +137,7 @@ class Deliverer:
                 request.url if self._absolute else _request_target(request.url),
                 body=request.body,
                 headers={"user-agent": USER_AGENT, **request.headers},
-                timeout=timeout,
+                timeout=self._timeout,
                 retries=False,  # the worker's schedule retries, with backoff, from the database
                 redirect=False,  # a redirect is a misconfigured URL, not a success
             )
