@@ -202,6 +202,16 @@ logconfig_dict: dict[str, Any] = {
 
 
 # --- hooks ---------------------------------------------------------------------------------
+def post_worker_init(worker: Any) -> None:
+    """Say when a worker has loaded the app and starts accepting connections.
+
+    gunicorn's "Booting worker" line comes before the worker imports the app (a second
+    or so for a gevent worker); until this line, the other workers take every
+    connection, and a keep-alive client stays on the worker it reached first.
+    """
+    structlog.get_logger("gunicorn.error").info("worker_ready", pid=os.getpid())
+
+
 def child_exit(server: object, worker: Any) -> None:
     """Forget a dead worker's metric files so /metrics stops summing its gauges."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -181,6 +181,19 @@ def test_logs_are_json_lines_with_canonical_fields(
     assert attempt["outcome"] == "delivered" and attempt["duration_ms"] >= 0
 
 
+def test_each_gunicorn_worker_says_when_it_accepts(relay: RelayProcess) -> None:
+    """One worker_ready line per booted worker, as JSON with the worker's pid."""
+
+    def ready_pids() -> set[int] | None:
+        lines = [json.loads(x) for x in relay.log().splitlines()]
+        booting = [x["event"] for x in lines if x["event"].startswith("Booting worker")]
+        booted = {int(event.rsplit(" ", 1)[1]) for event in booting}
+        ready = {x["pid"] for x in lines if x["event"] == "worker_ready"}
+        return ready if len(booted) == 2 and ready == booted else None
+
+    assert len(wait_until(ready_pids, 20, "worker_ready lines")) == 2
+
+
 def test_secrets_and_payloads_never_reach_the_log(relay: RelayProcess) -> None:
     """No signing secret, deploy key, admin token or payload content is ever logged."""
     _send(relay, 2)
