@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import statistics
@@ -50,7 +52,7 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SEPARATOR = b"\n@@@@\n"
 WRK_SECONDS = 10
 WRK_CONNECTIONS = 16
-ROUNDS = 2
+ROUNDS = 3
 RATE_PER_S = 500
 RATE_SECONDS = 5
 #: A request not answered within this counts as a failure (keeps a slow run bounded).
@@ -222,11 +224,36 @@ def tree_cpu_s(root: int) -> float:
 
 
 def measure(url: str, pid: int, requests_file: Path) -> dict[str, Any]:
-    """wrk against ``url``, plus the server's CPU time per request (all its processes)."""
+    """wrk against ``url``, plus the server's CPU time per request (all its processes)
+    and how wrk's connections were spread over the gunicorn workers halfway through."""
+    spread: list[str] = []
+    port = int(url.rsplit(":", 1)[1])
+    probe = threading.Timer(WRK_SECONDS / 2, lambda: spread.append(connection_spread(port)))
     before = tree_cpu_s(pid)
+    probe.start()
     stats = run_wrk(url, requests_file)
     stats["cpu_us"] = (tree_cpu_s(pid) - before) / max(1, stats["requests"]) * 1e6
+    probe.join()
+    stats["spread"] = spread[0] if spread else "?"
     return stats
+
+
+def connection_spread(port: int) -> str:
+    """Established connections to ``port`` per server process, e.g. "7/9" ("?" without ss).
+
+    A keep-alive connection stays on the worker that accepted it; on 2 busy CPUs one
+    worker sometimes accepts all of wrk's connections before the other is scheduled,
+    and that run measures one CPU's worth of server (hello-world included).
+    """
+    try:
+        out = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    per_pid = collections.Counter(re.findall(r"pid=(\d+)", out))
+    return "/".join(str(n) for n in sorted(per_pid.values())) or "?"
 
 
 @contextmanager
@@ -477,8 +504,8 @@ def render(
         f"## Throughput: wrk -t1 -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s, unique signed webhooks",
         "",
         "| round | server | req/s | p50 ms | p99 ms | CPU us/req | events/commit "
-        "| delivered all after | non-2xx | socket errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| delivered all after | connections per worker | non-2xx | socket errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def row(n: int, name: str, s: dict[str, Any]) -> str:
@@ -490,7 +517,7 @@ def render(
         return (
             f"| {n} | {name} | {s['rps']:.0f} | {s['p50_us'] / ms:.1f} | "
             f"{s['p99_us'] / ms:.1f} | {s['cpu_us']:.0f} | {per_commit} | {drained} | "
-            f"{s['non2xx']} | {s['socket_errors']} |"
+            f"{s['spread']} | {s['non2xx']} | {s['socket_errors']} |"
         )
 
     for n, (hello, relay) in enumerate(rounds, 1):
@@ -516,7 +543,10 @@ def render(
         f"{os.cpu_count()} CPUs. events/commit is how many webhooks the committer put in "
         "each transaction (group commit). delivered all after: how long after the burst "
         "the last of its events reached the stand-in (while ingest commits in a burst the "
-        "worker defers its claims, so it catches up once the burst is over).",
+        "worker defers its claims, so it catches up once the burst is over). connections "
+        "per worker: wrk's keep-alive connections on each gunicorn process halfway through "
+        "(both servers wait until every worker loaded the app; a run with all of them on "
+        "one worker has one CPU's worth of server, for hello as for the relay).",
         "",
         f"## Fixed rate: {RATE_PER_S} req/s for {RATE_SECONDS} s, open loop, new connection each",
         "",
