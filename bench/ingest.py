@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/ingest.py          # ~2-3 min; writes bench/results/latest.md
 
-1. Throughput: ``wrk`` (closed loop, -t1 -c16, 10 s) POSTs pre-signed Clerk webhooks,
+1. Throughput: ``wrk`` (closed loop, -t1 -c64, 10 s) POSTs pre-signed Clerk webhooks,
    each with its own svix-id, to ``relay serve`` (SQLite, WAL, synchronous=FULL,
    delivering to a zero-latency loopback Convex stand-in) and to ``bench/hello_app.py``
-   (same gunicorn config module, same flags). Two rounds, interleaved.
+   (same gunicorn config module, same flags). Three rounds, interleaved. 64 connections
+   saturate both servers (the machine's idle CPU is reported per run); one more pair at
+   16 connections shows the relay when its requests wait for the disk with CPU to spare.
 2. Fixed rate: an open-loop generator sends 500 req/s for 5 s to a fresh relay and
    reports latency from each request's *scheduled* send time (no coordinated omission),
    then end-to-end latency: scheduled send -> the stand-in receiving the delivery.
@@ -51,7 +53,13 @@ BENCH = Path(__file__).resolve().parent
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SEPARATOR = b"\n@@@@\n"
 WRK_SECONDS = 10
-WRK_CONNECTIONS = 16
+#: Enough connections to keep both servers busy: throughput is a server's capacity, and a
+#: run that leaves the CPUs idle measures the client. At 16 the relay left 10-22 % of the
+#: 2 CPUs idle (its requests wait ~1-2 ms for the group commit) while hello-world left
+#: 1 %; at 64 both leave 1-2 %.
+WRK_CONNECTIONS = 64
+#: The extra pair of runs with few connections: latency-bound for the relay.
+FEW_CONNECTIONS = 16
 ROUNDS = 3
 RATE_PER_S = 500
 RATE_SECONDS = 5
@@ -223,19 +231,31 @@ def tree_cpu_s(root: int) -> float:
     return total
 
 
-def measure(url: str, pid: int, requests_file: Path) -> dict[str, Any]:
-    """wrk against ``url``, plus the server's CPU time per request (all its processes)
-    and how wrk's connections were spread over the gunicorn workers halfway through."""
+def measure(
+    url: str, pid: int, requests_file: Path, connections: int = WRK_CONNECTIONS
+) -> dict[str, Any]:
+    """wrk against ``url``, plus the server's CPU time per request (all its processes),
+    the machine's idle CPU share during the run, and how wrk's connections were spread
+    over the gunicorn workers halfway through."""
     spread: list[str] = []
     port = int(url.rsplit(":", 1)[1])
     probe = threading.Timer(WRK_SECONDS / 2, lambda: spread.append(connection_spread(port)))
-    before = tree_cpu_s(pid)
+    before, idle_before = tree_cpu_s(pid), machine_idle()
     probe.start()
-    stats = run_wrk(url, requests_file)
+    stats = run_wrk(url, requests_file, connections)
     stats["cpu_us"] = (tree_cpu_s(pid) - before) / max(1, stats["requests"]) * 1e6
+    (idle_now, all_now), (idle_then, all_then) = machine_idle(), idle_before
+    stats["idle"] = (idle_now - idle_then) / max(1, all_now - all_then)
+    stats["connections"] = connections
     probe.join()
     stats["spread"] = spread[0] if spread else "?"
     return stats
+
+
+def machine_idle() -> tuple[int, int]:
+    """(idle + iowait, all) jiffies of every CPU so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return values[3] + values[4], sum(values)
 
 
 def connection_spread(port: int) -> str:
@@ -322,9 +342,9 @@ def presign(n: int, tag: str) -> list[Signed]:
     return out
 
 
-def run_wrk(url: str, requests_file: Path) -> dict[str, Any]:
+def run_wrk(url: str, requests_file: Path, connections: int = WRK_CONNECTIONS) -> dict[str, Any]:
     result = subprocess.run(
-        ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{WRK_SECONDS}s", "--latency",
+        ["wrk", "-t1", f"-c{connections}", f"-d{WRK_SECONDS}s", "--latency",
          "-s", str(BENCH / "presigned.lua"), url],
         env={**os.environ, "BENCH_REQUESTS": str(requests_file)},
         capture_output=True, text=True, check=True, timeout=WRK_SECONDS + 60,
@@ -455,6 +475,16 @@ def main() -> int:
                 flush=True,
             )
 
+        # Few connections: the relay's requests wait for the disk and leave CPU idle.
+        few_file = tmpdir / "requests-few.txt"
+        few_file.write_bytes(b"".join(s.raw + SEPARATOR for s in presign(PRESIGNED, "few")))
+        with hello_serve(tmpdir) as (hello_url, hello_pid):
+            few_hello = measure(hello_url, hello_pid, few_file, FEW_CONNECTIONS)
+        with relay_serve(tmpdir / "relay-few", convex) as relay:
+            few_relay = measure(relay.url, relay.pid, few_file, FEW_CONNECTIONS)
+            few_relay["per_commit"] = events_per_commit(relay)
+        few_file.unlink()
+
         batch = presign(RATE_PER_S * RATE_SECONDS, "rate")
         with relay_serve(tmpdir / "relay-rate", convex) as relay:
             latencies, scheduled, failures = asyncio.run(fixed_rate(relay.port, batch))
@@ -472,7 +502,16 @@ def main() -> int:
     elapsed = time.time() - started
 
     table = render(
-        rounds, [web_only, no_disk], latencies, failures, e2e, missing, disk, load_before, elapsed
+        rounds,
+        [web_only, no_disk],
+        (few_hello, few_relay),
+        latencies,
+        failures,
+        e2e,
+        missing,
+        disk,
+        load_before,
+        elapsed,
     )
     out = BENCH / "results" / "latest.md"
     out.parent.mkdir(exist_ok=True)
@@ -484,6 +523,7 @@ def main() -> int:
 def render(
     rounds: list[tuple[dict[str, Any], dict[str, Any]]],
     extra: list[dict[str, Any]],
+    few: tuple[dict[str, Any], dict[str, Any]],
     latencies: list[float],
     failures: int,
     e2e: list[float],
@@ -503,9 +543,9 @@ def render(
         "",
         f"## Throughput: wrk -t1 -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s, unique signed webhooks",
         "",
-        "| round | server | req/s | p50 ms | p99 ms | CPU us/req | events/commit "
+        "| round | server | req/s | p50 ms | p99 ms | CPU us/req | idle CPU | events/commit "
         "| delivered all after | connections per worker | non-2xx | socket errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def row(n: int, name: str, s: dict[str, Any]) -> str:
@@ -516,7 +556,8 @@ def render(
         )  # fmt: skip
         return (
             f"| {n} | {name} | {s['rps']:.0f} | {s['p50_us'] / ms:.1f} | "
-            f"{s['p99_us'] / ms:.1f} | {s['cpu_us']:.0f} | {per_commit} | {drained} | "
+            f"{s['p99_us'] / ms:.1f} | {s['cpu_us']:.0f} | {s['idle']:.0%} | {per_commit} | "
+            f"{drained} | "
             f"{s['spread']} | {s['non2xx']} | {s['socket_errors']} |"
         )
 
@@ -526,15 +567,19 @@ def render(
     web_only, no_disk = extra
     lines.append(row(1, "relay serve --web-only (no delivery)", web_only))
     lines.append(row(1, "relay serve --web-only, database on tmpfs (no disk waits)", no_disk))
+    few_hello, few_relay = few
+    lines.append(row(1, f"hello (Flask), {FEW_CONNECTIONS} connections", few_hello))
+    lines.append(row(1, f"relay serve, {FEW_CONNECTIONS} connections", few_relay))
     ratios = [relay["rps"] / hello["rps"] for hello, relay in rounds]
     # Only the relay dedupes, so only its runs must not wrap (hello may, harmlessly).
-    wraps = any(s["requests"] > PRESIGNED for s in [*(r for _, r in rounds), *extra])
+    wraps = any(s["requests"] > PRESIGNED for s in [*(r for _, r in rounds), *extra, few[1]])
     lines += [
         "",
         f"**relay / hello throughput: {', '.join(f'{r:.2f}' for r in ratios)}** "
         f"(median {statistics.median(ratios):.2f}; goal >= 0.5); web-only "
         f"{web_only['rps'] / rounds[0][0]['rps']:.2f}, web-only on tmpfs "
-        f"{no_disk['rps'] / rounds[0][0]['rps']:.2f} (both against round 1's hello)"
+        f"{no_disk['rps'] / rounds[0][0]['rps']:.2f} (both against round 1's hello); with "
+        f"{FEW_CONNECTIONS} connections {few_relay['rps'] / few_hello['rps']:.2f}"
         + (" - NOTE: a run wrapped its pre-signed requests (duplicates)" if wraps else ""),
         "",
         "CPU us/req is the CPU time of the server's whole process tree (gunicorn master and "
@@ -546,7 +591,10 @@ def render(
         "worker defers its claims, so it catches up once the burst is over). connections "
         "per worker: wrk's keep-alive connections on each gunicorn process halfway through "
         "(both servers wait until every worker loaded the app; a run with all of them on "
-        "one worker has one CPU's worth of server, for hello as for the relay).",
+        "one worker has one CPU's worth of server, for hello as for the relay). idle CPU: "
+        "the machine's idle share during the run; with few connections the relay's "
+        "requests wait for the group commit and the CPUs idle, so that run measures the "
+        "client's concurrency rather than the server's capacity.",
         "",
         f"## Fixed rate: {RATE_PER_S} req/s for {RATE_SECONDS} s, open loop, new connection each",
         "",
