@@ -1,6 +1,6 @@
 """Ingest benchmark: relay serve vs a hello-world Flask app under the same gunicorn.
 
-    .venv/bin/python bench/ingest.py          # ~2-3 min; writes bench/results/latest.md
+    .venv/bin/python bench/ingest.py          # ~4 min; writes bench/results/latest.md
 
 1. Throughput: ``wrk`` (closed loop, -t1 -c64, 10 s) POSTs pre-signed Clerk webhooks,
    each with its own svix-id, to ``relay serve`` (SQLite, WAL, synchronous=FULL,
