@@ -169,8 +169,15 @@ def worker(once: bool, nice: int, low_priority: bool) -> None:
     if once:
         click.echo(f"attempted {w.run_once()} event(s)")
         return
+    stop_metrics = None
+    if settings.metrics_port:  # a worker on its own has no web server to scrape
+        from relay.metrics import serve_port
+
+        stop_metrics = serve_port(settings.metrics_port, store)
     w.install_signal_handlers()
     w.run()
+    if stop_metrics is not None:
+        stop_metrics()
     store.close()
 
 

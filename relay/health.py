@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, Response, jsonify
+from werkzeug.exceptions import NotFound
 
 from relay import metrics
 from relay.errors import StoreError
@@ -47,5 +48,8 @@ def readyz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics_endpoint() -> Response:
-    data, content_type = metrics.render(runtime().store)
+    rt = runtime()
+    if rt.settings.metrics_port is not None:
+        raise NotFound()  # served on RELAY_METRICS_PORT only, not on the public port
+    data, content_type = metrics.render(rt.store)
     return Response(data, content_type=content_type)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from relay.errors import ConfigError
 from relay.store import Store
 
 EVENTS_RECEIVED = Counter(
@@ -68,23 +69,52 @@ class StoreCollector(Collector):
         )
 
 
-def render(store: Store) -> tuple[bytes, str]:
-    """The /metrics body and content type."""
-    registry = CollectorRegistry()
+def registry(store: Store) -> CollectorRegistry:
+    """Every series /metrics shows: this process's counters (or, in multiprocess mode,
+    every process's), plus the backlog gauges read from ``store``."""
+    reg = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
     else:
+        reg.register(_ThisProcess())
+    reg.register(StoreCollector(store))
+    return reg
+
+
+class _ThisProcess(Collector):
+    """The default registry's series (a single process: our counters are there)."""
+
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client import REGISTRY
 
-        registry = REGISTRY  # single process: the default registry has our counters
-        return generate_latest(registry) + generate_latest(_store_only(store)), CONTENT_TYPE_LATEST
-    registry.register(StoreCollector(store))
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+        yield from REGISTRY.collect()
 
 
-def _store_only(store: Store) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(StoreCollector(store))
-    return registry
+def render(store: Store) -> tuple[bytes, str]:
+    """The /metrics body and content type."""
+    return generate_latest(registry(store)), CONTENT_TYPE_LATEST
+
+
+def serve_port(port: int, store: Store) -> Callable[[], None]:
+    """Serve :func:`registry` on its own port (``RELAY_METRICS_PORT``) from a thread of
+    this process; returns the function that stops it.
+
+    prometheus-client's own exposition server: it answers every path with the metrics
+    and nothing else, so the port can be opened to a scraper without exposing ingest
+    or the admin API.
+    """
+    from prometheus_client import start_http_server
+
+    try:
+        server, thread = start_http_server(port, registry=registry(store))
+    except OSError as exc:
+        raise ConfigError("RELAY_METRICS_PORT", f"cannot listen on port {port}: {exc}") from exc
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop

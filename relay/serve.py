@@ -25,6 +25,7 @@ from types import FrameType
 
 import structlog
 
+from relay import metrics
 from relay.settings import Settings
 from relay.store import open_store
 from relay.store.committer import Committer
@@ -53,6 +54,14 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
         owned_metrics_dir = tempfile.mkdtemp(prefix="relay-metrics-")
         env["PROMETHEUS_MULTIPROC_DIR"] = owned_metrics_dir
     env["PORT"] = str(settings.port)
+    # RELAY_METRICS_PORT: this process serves every child's metrics there (the web app
+    # still reads the variable, to stop serving /metrics on PORT; the worker must not
+    # try to open the port itself).
+    stop_metrics = None
+    if settings.metrics_port:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = env["PROMETHEUS_MULTIPROC_DIR"]
+        stop_metrics = metrics.serve_port(settings.metrics_port, store)
+    worker_env = {k: v for k, v in env.items() if k != "RELAY_METRICS_PORT"}
 
     children = {
         "web": subprocess.Popen(
@@ -62,11 +71,12 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     }
     if not web_only:
         children["worker"] = subprocess.Popen(
-            [sys.executable, "-m", "relay", "worker", "--low-priority"], env=env
+            [sys.executable, "-m", "relay", "worker", "--low-priority"], env=worker_env
         )
     log.info(
         "serve_started",
         port=settings.port,
+        metrics_port=settings.metrics_port,
         database=_display(settings),
         target=settings.target,
         **{f"{k}_pid": p.pid for k, p in children.items()},
@@ -95,6 +105,8 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     results = {name: proc.wait() for name, proc in children.items()}
     if stop_committer is not None:
         stop_committer()
+    if stop_metrics is not None:
+        stop_metrics()
     store.close()
     if owned_metrics_dir:
         shutil.rmtree(owned_metrics_dir, ignore_errors=True)

@@ -86,6 +86,9 @@ class Settings:
     include: frozenset[str] = frozenset()
     max_body_bytes: int = 1024 * 1024
     port: int = 8000
+    #: A second port that serves only /metrics (then not served on ``port``): reachable
+    #: by an in-cluster scraper, not through the public proxy.
+    metrics_port: int | None = None
     log_level: str = "info"
     log_format: Literal["json", "console"] | None = None
     #: Proxies in front of the relay whose X-Forwarded-For is trusted (Fly: 1). Only
@@ -320,6 +323,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
         if not v.isdigit() or not 0 < int(v) < 65536:
             raise ConfigError("PORT", f"{v!r} is not a port number", "8000")
         kw["port"] = int(v)
+    if v := get("RELAY_METRICS_PORT"):
+        if not v.isdigit() or not 0 < int(v) < 65536:
+            raise ConfigError("RELAY_METRICS_PORT", f"{v!r} is not a port number", "9091")
+        if int(v) == kw.get("port", Settings.port):
+            raise ConfigError("RELAY_METRICS_PORT", "must differ from PORT", "9091")
+        kw["metrics_port"] = int(v)
     if v := get("LOG_LEVEL"):
         if v.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("LOG_LEVEL", f"{v!r} is not debug, info, warning or error", "info")

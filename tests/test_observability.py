@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from relay.check import sample_envelope
+from relay.store.sqlite import SQLiteStore
 
-from .factories import FORWARD_SECRET, SECRET
-from .relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
+from .factories import FORWARD_SECRET, SECRET, make_event, signed_headers
+from .relay_process import RelayProcess, TrackingStandIn, free_port, relay_env, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -95,6 +97,77 @@ def test_metrics_sum_every_process(relay: RelayProcess, standin: TrackingStandIn
     assert metric(text, "relay_events", status="pending") == 0
     assert metric(text, "relay_oldest_pending_age_seconds") == 0
     assert 0 <= metric(text, "relay_worker_heartbeat_age_seconds") < 30
+
+
+def test_a_metrics_port_serves_metrics_and_takes_them_off_the_public_port(
+    tmp_path: Path, standin: TrackingStandIn
+) -> None:
+    """RELAY_METRICS_PORT: every process's series there, a JSON 404 for /metrics on PORT,
+    and nothing but metrics on the metrics port (a webhook sent there is not ingested)."""
+    port = free_port()
+    env = relay_env(
+        tmp_path, CONVEX_SITE_URL=standin.url, RELAY_FORWARD_SECRET=FORWARD_SECRET,
+        RELAY_METRICS_PORT=str(port), WEB_CONCURRENCY="2",
+    )  # fmt: skip
+    with RelayProcess(tmp_path, env) as relay:
+        [event_id] = _send(relay, 1)
+        wait_until(lambda: standin.delivery_count(event_id) == 1, 30, "the delivery")
+        scrape = f"http://127.0.0.1:{port}/metrics"
+
+        def delivered() -> str | None:
+            text = requests.get(scrape, timeout=5).text
+            return text if metric(text, "relay_deliveries_total", outcome="delivered") else None
+
+        text = wait_until(delivered, 20, "the worker's counter on the metrics port")
+        assert (
+            metric(text, "relay_events_received_total", type="user.created", outcome="accepted")
+            == 1
+        )
+        assert metric(text, "relay_events", status="delivered") == 1
+        public = relay.get("/metrics")
+        assert public.status_code == 404 and public.json()["error"] == "not_found"
+        body = json.dumps(sample_envelope("user.created", 1_700_000_000_001)).encode()
+        stray = requests.post(
+            f"http://127.0.0.1:{port}/webhooks/clerk", data=body,
+            headers=signed_headers(body, msg_id="msg_to_metrics_port"), timeout=5,
+        )  # fmt: skip
+        assert "accepted" not in stray.text
+        assert relay.cli("show", "msg_to_metrics_port").returncode != 0
+        assert relay.stop() == 0
+    assert "serve_stopped" in relay.log()
+
+
+def test_a_worker_alone_serves_its_metrics_on_the_metrics_port(
+    tmp_path: Path, standin: TrackingStandIn
+) -> None:
+    """`relay worker` has no web server: RELAY_METRICS_PORT is how its counters get out."""
+    port = free_port()
+    env = relay_env(
+        tmp_path, CONVEX_SITE_URL=standin.url, RELAY_FORWARD_SECRET=FORWARD_SECRET,
+        RELAY_METRICS_PORT=str(port),
+    )  # fmt: skip
+    store = SQLiteStore(tmp_path / "relay.db")
+    store.migrate()
+    assert store.insert(make_event(event_id="msg_worker_metrics", entity_id="user_wm"))
+    store.close()
+    with RelayProcess(tmp_path, env, command=("worker",)) as worker:
+        wait_until(lambda: standin.delivery_count("msg_worker_metrics") == 1, 30, "the delivery")
+        text = wait_until(
+            lambda: (
+                t
+                if metric(
+                    t := requests.get(f"http://127.0.0.1:{port}/", timeout=5).text,
+                    "relay_deliveries_total",
+                    outcome="delivered",
+                )
+                == 1
+                else None
+            ),
+            20,
+            "the counter",
+        )
+        assert metric(text, "relay_events", status="delivered") == 1
+        assert worker.stop() == 0
 
 
 def test_rejections_are_counted(relay: RelayProcess) -> None:

@@ -96,14 +96,15 @@ def test_fly_toml_parses_and_builds_this_dockerfile(fly: dict[str, Any]) -> None
 def test_ports_agree(
     dockerfile: DockerfileParser, fly: dict[str, Any], gunicorn_cfg: Callable[..., Config]
 ) -> None:
-    """EXPOSE, the image's PORT, gunicorn's bind and every port in fly.toml are one port."""
+    """EXPOSE, the image's PORT, gunicorn's bind and fly.toml's service and checks are one
+    port; Fly scrapes metrics on RELAY_METRICS_PORT, which the service does not publish."""
     (exposed,) = instructions(dockerfile, "EXPOSE")
     port = int(exposed)
     assert int(dockerfile.envs["PORT"]) == port
     assert gunicorn_cfg(PORT=dockerfile.envs["PORT"]).bind == [f"0.0.0.0:{port}"]
     assert fly["http_service"]["internal_port"] == port
     assert int(fly["env"]["PORT"]) == port
-    assert fly["metrics"]["port"] == port
+    assert fly["metrics"]["port"] == int(fly["env"]["RELAY_METRICS_PORT"]) != port
     assert all(check["port"] == port for check in fly.get("checks", {}).values())
 
 

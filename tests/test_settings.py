@@ -96,6 +96,8 @@ def test_missing_secret_names_variable_and_example() -> None:
         ("RELAY_MAX_BODY", "1 parsec"),
         ("RELAY_INCLUDE", "passwords"),
         ("PORT", "99999"),
+        ("RELAY_METRICS_PORT", "prometheus"),
+        ("RELAY_METRICS_PORT", "8000"),  # the default PORT: must differ
         ("LOG_LEVEL", "loud"),
         ("LOG_FORMAT", "xml"),
         ("RELAY_FORWARD_SECRET", "secret"),
@@ -107,6 +109,13 @@ def test_bad_values_name_the_variable(name: str, value: str) -> None:
         parse(**{name: value})
     assert err.value.variable == name
     assert err.value.example
+
+
+def test_a_metrics_port_is_parsed_and_checked_against_port() -> None:
+    assert parse().metrics_port is None
+    assert parse(RELAY_METRICS_PORT="9091", PORT="8080").metrics_port == 9091
+    with pytest.raises(ConfigError, match="must differ from PORT"):
+        parse(RELAY_METRICS_PORT="8080", PORT="8080")
 
 
 def test_secrets_are_not_in_repr() -> None:
