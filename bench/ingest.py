@@ -246,7 +246,6 @@ def measure(
     stats["cpu_us"] = (tree_cpu_s(pid) - before) / max(1, stats["requests"]) * 1e6
     (idle_now, all_now), (idle_then, all_then) = machine_idle(), idle_before
     stats["idle"] = (idle_now - idle_then) / max(1, all_now - all_then)
-    stats["connections"] = connections
     probe.join()
     stats["spread"] = spread[0] if spread else "?"
     return stats

@@ -69,14 +69,15 @@ class StoreCollector(Collector):
         )
 
 
-def registry(store: Store) -> CollectorRegistry:
+def registry(store: Store, multiprocess_dir: str | None = None) -> CollectorRegistry:
     """Every series /metrics shows: this process's counters (or, in multiprocess mode,
-    every process's), plus the backlog gauges read from ``store``."""
+    every process's: ``multiprocess_dir``, by default ``PROMETHEUS_MULTIPROC_DIR``),
+    plus the backlog gauges read from ``store``."""
     reg = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if multiprocess_dir := multiprocess_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(reg, path=multiprocess_dir)  # type: ignore[no-untyped-call]
     else:
         reg.register(_ThisProcess())
     reg.register(StoreCollector(store))
@@ -97,7 +98,7 @@ def render(store: Store) -> tuple[bytes, str]:
     return generate_latest(registry(store)), CONTENT_TYPE_LATEST
 
 
-def serve_port(port: int, store: Store) -> Callable[[], None]:
+def serve_port(port: int, store: Store, multiprocess_dir: str | None = None) -> Callable[[], None]:
     """Serve :func:`registry` on its own port (``RELAY_METRICS_PORT``) from a thread of
     this process; returns the function that stops it.
 
@@ -108,7 +109,7 @@ def serve_port(port: int, store: Store) -> Callable[[], None]:
     from prometheus_client import start_http_server
 
     try:
-        server, thread = start_http_server(port, registry=registry(store))
+        server, thread = start_http_server(port, registry=registry(store, multiprocess_dir))
     except OSError as exc:
         raise ConfigError("RELAY_METRICS_PORT", f"cannot listen on port {port}: {exc}") from exc
 

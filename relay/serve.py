@@ -59,8 +59,9 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     # try to open the port itself).
     stop_metrics = None
     if settings.metrics_port:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = env["PROMETHEUS_MULTIPROC_DIR"]
-        stop_metrics = metrics.serve_port(settings.metrics_port, store)
+        stop_metrics = metrics.serve_port(
+            settings.metrics_port, store, env["PROMETHEUS_MULTIPROC_DIR"]
+        )
     worker_env = {k: v for k, v in env.items() if k != "RELAY_METRICS_PORT"}
 
     children = {

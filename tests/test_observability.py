@@ -131,7 +131,7 @@ def test_a_metrics_port_serves_metrics_and_takes_them_off_the_public_port(
             f"http://127.0.0.1:{port}/webhooks/clerk", data=body,
             headers=signed_headers(body, msg_id="msg_to_metrics_port"), timeout=5,
         )  # fmt: skip
-        assert "accepted" not in stray.text
+        assert stray.status_code == 405  # the exposition server only answers GET
         assert relay.cli("show", "msg_to_metrics_port").returncode != 0
         assert relay.stop() == 0
     assert "serve_stopped" in relay.log()
