@@ -44,7 +44,6 @@ from relay.models import (
     Event,
     EventFilter,
     NewEvent,
-    Status,
     is_upsert,
 )
 from relay.store import sql
@@ -160,10 +159,7 @@ class PostgresStore(SQLStoreBase):
             apply_migrations(conn)
 
     def insert(self, event: NewEvent) -> bool:
-        params = (
-            *sql.insert_params(event),
-            event.received_at_ms if event.status == Status.PENDING else None,
-        )
+        params = (*sql.insert_params(event), sql.pending_at(event))
         with self._tx() as conn:
             # One statement in autocommit: a single round trip that inserts, notifies
             # and commits (the NOTIFY is delivered by that commit). In a transaction
@@ -263,7 +259,7 @@ class PostgresStore(SQLStoreBase):
             return cur.rowcount
 
     def notify(self) -> None:
-        # A short timeout: ingest calls this after committing and must not hang on it.
+        # A short timeout: a replay calls this after committing and must not hang on it.
         with contextlib.suppress(StoreError), self._tx(timeout_s=1.0) as conn:
             conn.execute(f"NOTIFY {CHANNEL}")
 

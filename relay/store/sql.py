@@ -81,6 +81,11 @@ def insert_params(event: NewEvent | Event) -> tuple[Any, ...]:
     )
 
 
+def pending_at(event: NewEvent) -> int | None:
+    """``next_attempt_at`` of a newly stored event: due at once if pending, else never."""
+    return event.received_at_ms if event.status == Status.PENDING else None
+
+
 def import_params(event: Event) -> tuple[Any, ...]:
     """Values for :data:`INSERT_COLUMNS` then :data:`IMPORT_COLUMNS`."""
     return (

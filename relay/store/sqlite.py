@@ -179,7 +179,7 @@ class SQLiteStore(SQLStoreBase):
         """Commit several events in one transaction; per event, whether it was new."""
         with self._tx() as conn:
             return [
-                conn.execute(_INSERT, (*sql.insert_params(e), _pending_at(e))).rowcount == 1
+                conn.execute(_INSERT, (*sql.insert_params(e), sql.pending_at(e))).rowcount == 1
                 for e in events
             ]
 
@@ -292,10 +292,6 @@ class SQLiteStore(SQLStoreBase):
 
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
-
-
-def _pending_at(event: NewEvent) -> int | None:
-    return event.received_at_ms if event.status == Status.PENDING else None
 
 
 _INSERT = (
