@@ -99,3 +99,27 @@ class TestSQLiteStore(StoreContract):
             assert woke.wait(5)
         finally:
             stop()
+
+
+def test_a_store_made_before_numbered_migrations_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A file from before ``relay_schema_migrations`` (its schema recorded as one row in
+    ``schema_version``) keeps its events and gets every step recorded once."""
+    from relay.store.sqlite_schema import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0][1])
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.commit()
+    conn.close()
+    old = SQLiteStore(path)
+    old.migrate()  # step 1 again, on the tables it already has
+    assert old.insert(make_event(event_id="evt_old"))
+    old.close()
+    store = SQLiteStore(path)
+    store.migrate()  # and a second start applies nothing
+    versions = [r[0] for r in store._query("SELECT version FROM relay_schema_migrations")]
+    assert versions == [v for v, _ in MIGRATIONS]
+    assert store.get("evt_old") is not None
+    store.close()

@@ -33,54 +33,10 @@ from relay.store import sql
 from relay.store.base import SQLStoreBase
 from relay.store.committer import CommitClient
 from relay.store.local import WakeSocket, WriterLock
+from relay.store.sqlite_schema import apply_migrations
 
-SCHEMA_VERSION = 1
 #: WAL size (pages of 4 KiB) at which a ``sync_commits=False`` connection checkpoints.
 RELAXED_CHECKPOINT_PAGES = 10_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    type TEXT NOT NULL,
-    body BLOB NOT NULL,
-    status TEXT NOT NULL,
-    received_at INTEGER NOT NULL,
-    object TEXT,
-    entity_id TEXT,
-    object_key TEXT,
-    occurred_at INTEGER,
-    updated_at INTEGER,
-    instance_id TEXT,
-    ord_at INTEGER NOT NULL,
-    ord_upd INTEGER NOT NULL,
-    attempt_count INTEGER NOT NULL DEFAULT 0,
-    retry_step INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at INTEGER,
-    last_error TEXT,
-    delivered_at INTEGER,
-    force INTEGER NOT NULL DEFAULT 0,
-    lease_owner TEXT,
-    lease_expires_at INTEGER
-);
-CREATE INDEX IF NOT EXISTS events_due ON events (status, next_attempt_at);
-CREATE INDEX IF NOT EXISTS events_object ON events (object_key, status);
-CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
-CREATE INDEX IF NOT EXISTS events_entity ON events (entity_id);
-CREATE TABLE IF NOT EXISTS attempts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    target TEXT NOT NULL,
-    status_code INTEGER,
-    duration_ms REAL NOT NULL,
-    outcome TEXT NOT NULL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS attempts_event ON attempts (event_id, id);
-CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, last_seen INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-"""
 
 
 class SQLiteStore(SQLStoreBase):
@@ -160,10 +116,7 @@ class SQLiteStore(SQLStoreBase):
 
     def migrate(self) -> None:
         with self._tx() as conn:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
-            if conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
-                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            apply_migrations(conn)
 
     def insert(self, event: NewEvent) -> bool:
         # Through the committer when one runs (it shares one fsync among concurrent
