@@ -242,3 +242,6 @@ class Outcome:
     status: Status
     next_attempt_at_ms: int | None = None
     error: str | None = None
+    #: Whether this attempt uses up a step of the retry schedule. Attempts made while
+    #: the target is known to be down or misconfigured are not the event's fault.
+    charged: bool = True

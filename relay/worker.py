@@ -239,7 +239,7 @@ class Worker:
         except Exception:  # one bad event must never kill the loop
             log.exception("delivery_crashed")
             with contextlib.suppress(StoreError):  # else the lease expires: retried anyway
-                self._write(self.store.release, event.id, self.worker_id)
+                self._write(self.store.release, event.id, self.worker_id, self.now_ms())
         finally:
             structlog.contextvars.unbind_contextvars("event_id", "event_type")
 

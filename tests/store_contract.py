@@ -95,7 +95,7 @@ class StoreContract:
         for n in (1, 2, 3):
             store.insert(make_event(event_id=f"msg_{n}", entity_id=f"user_{n}"))
         store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=5)
-        store.release("msg_3", "w1")
+        store.release("msg_3", "w1", NOW)
         kept = store.complete_many(
             "w1",
             [
@@ -131,7 +131,7 @@ class StoreContract:
         """A released event can be claimed again before the lease would have expired."""
         store.insert(make_event(event_id="msg_1"))
         store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=5)
-        store.release("msg_1", "w1")
+        store.release("msg_1", "w1", NOW)
         assert [e.id for e in store.claim("w2", now_ms=NOW, lease_ms=LEASE, limit=5)] == ["msg_1"]
 
     def test_one_object_is_never_in_flight_twice(self, store: Store) -> None:
@@ -180,6 +180,102 @@ class StoreContract:
         assert [e.id for e in store.claim("w1", now_ms=NOW + 60_001, lease_ms=LEASE, limit=10)] == [
             "msg_new"
         ]
+
+    def test_a_blocked_follower_is_parked_once_and_unparked_by_its_head(self, store: Store) -> None:
+        """A claim that finds a follower blocked parks it (out of the claim index: no
+        later claim looks at it again); finishing the head makes it due at once."""
+        store.insert(make_event(event_id="msg_head", timestamp=NOW + 1))
+        store.insert(make_event(event_id="msg_next", timestamp=NOW + 2))
+        [head] = store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)
+        assert head.id == "msg_head"
+        parked = store.get("msg_next")
+        assert parked is not None and parked.status == Status.PENDING
+        assert parked.next_attempt_at_ms is None
+        store.complete(head.id, "w1", attempt(), Outcome(Status.DELIVERED))
+        unparked = store.get("msg_next")
+        assert unparked is not None and unparked.next_attempt_at_ms == NOW
+        assert [e.id for e in store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)] == [
+            "msg_next"
+        ]
+
+    def test_a_failed_head_lets_its_followers_go(self, store: Store) -> None:
+        """A head that fails for good does not hold its object's later events back."""
+        store.insert(make_event(event_id="msg_bad", timestamp=NOW + 1))
+        store.insert(make_event(event_id="msg_ok", timestamp=NOW + 2))
+        [bad] = store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)
+        store.complete(bad.id, "w1", attempt("failed", 400), Outcome(Status.FAILED, None, "x"))
+        assert deliver_all(store) == ["msg_ok"]
+
+    def test_an_older_event_arriving_during_flight_goes_next(self, store: Store) -> None:
+        """An older event that arrives while a newer one is in flight waits (parked), and is
+        claimable as soon as the flight ends, even when the newer one is retried."""
+        store.insert(make_event("user.deleted", event_id="msg_newer", timestamp=NOW + 5))
+        [newer] = store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)
+        store.insert(make_event("user.deleted", event_id="msg_older", timestamp=NOW + 1))
+        assert store.claim("w2", now_ms=NOW, lease_ms=LEASE, limit=10) == []
+        store.complete(
+            newer.id, "w1", attempt("retry", 503), Outcome(Status.PENDING, NOW + 60_000, "503")
+        )
+        assert [e.id for e in store.claim("w2", now_ms=NOW + 1, lease_ms=LEASE, limit=10)] == [
+            "msg_older"
+        ]
+
+    def test_an_expired_lease_never_deadlocks_its_object(self, store: Store) -> None:
+        """A dead worker's head (lease expired) and an older event parked behind its lease:
+        the next claims deliver both, oldest first."""
+        store.insert(make_event("user.deleted", event_id="msg_orphan", timestamp=NOW + 5))
+        store.claim("dead", now_ms=NOW, lease_ms=LEASE, limit=10)
+        store.insert(make_event("user.deleted", event_id="msg_older", timestamp=NOW + 1))
+        assert store.claim("w1", now_ms=NOW + 1, lease_ms=LEASE, limit=10) == []  # parks it
+        assert deliver_all(store, now=NOW + LEASE + 1) == ["msg_older", "msg_orphan"]
+
+    def test_claims_walk_past_a_burst_of_blocked_followers(self, store: Store) -> None:
+        """More due-but-blocked followers than one claim transaction looks at: the claim
+        parks them batch by batch and still finds the claimable event behind them."""
+        from relay.store.ordering import SCAN_BATCH
+
+        store.insert(make_event(event_id="msg_head", entity_id="user_busy", timestamp=NOW))
+        [head] = store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=1)
+        for i in range(SCAN_BATCH + 10):
+            store.insert(
+                make_event(event_id=f"msg_f{i:04d}", entity_id="user_busy", timestamp=NOW + 1 + i)
+            )
+        store.insert(make_event(event_id="msg_other", entity_id="user_free", timestamp=NOW))
+        assert [e.id for e in store.claim("w2", now_ms=NOW, lease_ms=LEASE, limit=5)] == [
+            "msg_other"
+        ]
+        store.complete(head.id, "w1", attempt(), Outcome(Status.DELIVERED))
+        assert [e.id for e in store.claim("w2", now_ms=NOW, lease_ms=LEASE, limit=5)] == [
+            "msg_f0000"
+        ]
+
+    def test_an_uncharged_retry_keeps_the_retry_step(self, store: Store) -> None:
+        """An attempt made while the target is known down counts as an attempt but uses no
+        step of the retry schedule."""
+        store.insert(make_event(event_id="msg_1"))
+        store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=5)
+        store.complete(
+            "msg_1",
+            "w1",
+            attempt("retry", 503),
+            Outcome(Status.PENDING, NOW, "HTTP 503", charged=False),
+        )
+        got = store.get("msg_1")
+        assert got is not None and (got.attempt_count, got.retry_step) == (1, 0)
+
+    def test_purge_works_in_batches_and_keeps_counts(self, store: Store) -> None:
+        """A purge larger than one batch deletes everything it should; counts follow."""
+        from relay.store.base import PURGE_BATCH
+
+        n = PURGE_BATCH + 5
+        for i in range(n):
+            store.insert(make_event(event_id=f"msg_p{i:05d}", entity_id=f"user_{i}"))
+        while batch := store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=500):
+            store.complete_many("w1", [(e.id, attempt(), Outcome(Status.DELIVERED)) for e in batch])
+        assert store.counts()["delivered"] == n
+        assert store.purge(older_than_ms=NOW + 1) == n
+        assert store.counts()["delivered"] == 0
+        assert store.list_events(EventFilter(), limit=5).events == []
 
     def test_stale_upsert_is_superseded(self, store: Store) -> None:
         """An update older than one already delivered becomes superseded, not delivered."""

@@ -54,7 +54,7 @@ def finish(store: SQLiteStore, event_id: str, outcome: Outcome, code: int, verdi
     assert event_id in [e.id for e in claimed]
     for event in claimed:
         if event.id != event_id:
-            store.release(event.id, "cli-test")
+            store.release(event.id, "cli-test", NOW_MS)
     store.complete(event_id, "cli-test", attempt(code, verdict, outcome.error), outcome)
 
 

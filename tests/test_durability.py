@@ -104,11 +104,12 @@ def test_claim_of_a_killed_worker_is_a_lease_and_is_taken_over(
     assert orphan is not None and orphan.status == Status.PENDING
     assert orphan.attempt_count == 0
     assert owner is not None and expires > time.time() * 1000
-    # The lease is delivery_timeout*2 + 30 s; let that time "pass" instead of waiting it out.
+    # The lease is delivery_timeout*2 + 30 s; let that time "pass" instead of waiting it out
+    # (a lease's end is also when its event comes due again).
     with store._tx() as conn:
         conn.execute(
-            "UPDATE events SET lease_expires_at = ? WHERE id = 'msg_orphan'",
-            (int(time.time() * 1000) - 1,),
+            "UPDATE events SET lease_expires_at = ?, next_attempt_at = ? WHERE id = 'msg_orphan'",
+            (int(time.time() * 1000) - 1,) * 2,
         )
 
     standin.up()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +93,9 @@ def test_every_event_is_copied_with_status_counters_and_attempts(
     for event_id in ids:
         old, new = source.get(event_id), dest.get(event_id)
         assert old is not None and new is not None
+        if event_id == "msg_leased":  # leases are not copied: due at once over there
+            assert new.next_attempt_at_ms == new.received_at_ms
+            new = dataclasses.replace(new, next_attempt_at_ms=old.next_attempt_at_ms)
         assert comparable(new) == comparable(old)
     assert dest.counts() == source.counts()
     failed = dest.get("msg_fail")

@@ -8,14 +8,8 @@ Claims are leases: a claimed event stays ``pending`` with ``lease_owner`` and
 claim expires and another worker takes the event.
 
 Per-object ordering is enforced by :meth:`Store.claim` itself, so it holds for any
-number of workers on any number of machines:
-
-* an event is claimable only if no *older* pending event exists for the same
-  object (``object_key``), and no event of that object is leased right now;
-* "older" is the order key ``(occurred_at, updated_at, seq)``;
-* a claimable upsert (``*.created``/``*.updated``) for which a *newer* event of the
-  same object was already delivered is marked ``superseded`` instead of claimed,
-  unless it was replayed with ``force``.
+number of workers on any number of machines. The rule, and how a claim keeps its cost
+flat however large the backlog, is :mod:`relay.store.ordering`.
 """
 
 from __future__ import annotations
@@ -49,8 +43,8 @@ class Store(Protocol):
     ) -> list[bool]:
         """:meth:`complete` for several ``(event_id, attempt, outcome)`` in one transaction."""
 
-    def release(self, event_id: str, worker_id: str) -> None:
-        """Give a leased event back untouched (shutdown before an attempt started)."""
+    def release(self, event_id: str, worker_id: str, now_ms: int) -> None:
+        """Give a leased event back, due at ``now_ms`` (shutdown before an attempt started)."""
 
     def get(self, event_id: str) -> Event | None:
         """One event with every attempt, or None."""

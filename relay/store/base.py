@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
-from relay.models import Attempt, Event, EventFilter, Outcome, Page, Status
-from relay.store import sql
+from relay.models import PURGEABLE, Attempt, Event, EventFilter, Outcome, Page, Status
+from relay.store import ordering, sql
+
+#: Events deleted per transaction by :meth:`SQLStoreBase.purge`.
+PURGE_BATCH = 1000
 
 
 class SQLStoreBase:
@@ -36,6 +39,7 @@ class SQLStoreBase:
         ph = self.PH
         kept = []
         with self._tx() as conn:
+            self._lock_objects(conn, [event_id for event_id, _, _ in results])
             for event_id, attempt, outcome in results:
                 delivered_at = attempt.at_ms if outcome.status == Status.DELIVERED else None
                 conn.execute(
@@ -45,12 +49,13 @@ class SQLStoreBase:
                 )
                 cur = conn.execute(
                     f"UPDATE events SET status = {ph}, attempt_count = attempt_count + 1,"
-                    f" retry_step = retry_step + 1, next_attempt_at = {ph}, last_error = {ph},"
+                    f" retry_step = retry_step + {ph}, next_attempt_at = {ph}, last_error = {ph},"
                     f" delivered_at = COALESCE({ph}, delivered_at),"
                     " lease_owner = NULL, lease_expires_at = NULL"
-                    f" WHERE id = {ph} AND lease_owner = {ph}",
+                    f" WHERE id = {ph} AND lease_owner = {ph} RETURNING object_key",
                     (
                         str(outcome.status),
+                        int(outcome.charged),
                         outcome.next_attempt_at_ms,
                         outcome.error,
                         delivered_at,
@@ -58,16 +63,30 @@ class SQLStoreBase:
                         worker_id,
                     ),
                 )
-                kept.append(cur.rowcount == 1)
+                row = cur.fetchone()
+                kept.append(row is not None)
+                if row is not None and row[0] is not None:
+                    # The object's head may have changed (this one finished, or an
+                    # older event arrived while it was in flight and was parked).
+                    conn.execute(ordering.unpark_head(ph), (attempt.at_ms, row[0]))
         return kept
 
-    def release(self, event_id: str, worker_id: str) -> None:
+    def _lock_objects(self, conn: Any, event_ids: Sequence[str]) -> None:
+        """Serialize with claims working on the same objects (PostgreSQL; SQLite has
+        one writer at a time already)."""
+
+    def release(self, event_id: str, worker_id: str, now_ms: int) -> None:
+        ph = self.PH
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL"
-                f" WHERE id = {self.PH} AND lease_owner = {self.PH}",
-                (event_id, worker_id),
-            )
+            self._lock_objects(conn, [event_id])
+            row = conn.execute(
+                "UPDATE events SET lease_owner = NULL, lease_expires_at = NULL,"
+                f" next_attempt_at = {ph} WHERE id = {ph} AND lease_owner = {ph}"
+                " RETURNING object_key",
+                (now_ms, event_id, worker_id),
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                conn.execute(ordering.unpark_head(ph), (now_ms, row[0]))
 
     def get(self, event_id: str) -> Event | None:
         ph = self.PH
@@ -95,7 +114,41 @@ class SQLStoreBase:
         return Page(events, sql.encode_cursor(events[-1].seq) if more and events else None)
 
     def counts(self) -> dict[str, int]:
-        return sql.zero_counts(dict(self._query(sql.COUNT_BY_STATUS)))
+        # Kept by triggers on events (see the schema): five rows, whatever the store holds.
+        return sql.zero_counts(dict(self._query("SELECT status, n FROM event_counts")))
+
+    def purge(self, *, older_than_ms: int) -> int:
+        # Small batches, each its own short transaction: ingest waits on none for long.
+        ph = self.PH
+        statuses = sorted(map(str, PURGEABLE))
+        marks = ", ".join([ph] * len(statuses))
+        total = 0
+        while True:
+            with self._tx() as conn:
+                seqs = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT seq FROM events WHERE status IN ({marks})"
+                        f" AND received_at < {ph} LIMIT {ph}",
+                        (*statuses, older_than_ms, PURGE_BATCH),
+                    ).fetchall()
+                ]
+                if seqs:
+                    these = ", ".join([ph] * len(seqs))
+                    conn.execute(
+                        "DELETE FROM attempts WHERE event_id IN"
+                        f" (SELECT id FROM events WHERE seq IN ({these}))",
+                        seqs,
+                    )
+                    conn.execute(f"DELETE FROM events WHERE seq IN ({these})", seqs)
+            total += len(seqs)
+            if seqs:
+                self._reclaim_space()
+            if len(seqs) < PURGE_BATCH:
+                return total
+
+    def _reclaim_space(self) -> None:
+        """Give freed pages back to the file system, a little at a time (SQLite)."""
 
     def oldest_pending_ms(self) -> int | None:
         rows = self._query(sql.OLDEST_PENDING)

@@ -29,7 +29,7 @@ import contextlib
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,14 +39,12 @@ from psycopg_pool import ConnectionPool
 
 from relay.errors import StoreError
 from relay.models import (
-    PURGEABLE,
     Attempt,
     Event,
     EventFilter,
     NewEvent,
-    is_upsert,
 )
-from relay.store import sql
+from relay.store import ordering, sql
 from relay.store.base import SQLStoreBase
 from relay.store.postgres_schema import apply_migrations
 
@@ -59,6 +57,13 @@ _INSERT_AND_NOTIFY = (
     " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
     " ON CONFLICT (id) DO NOTHING RETURNING status)"
     f" SELECT CASE WHEN status = 'pending' THEN pg_notify('{CHANNEL}', '') END FROM new"
+)
+#: Fold the per-change count deltas into event_counts (bounded by changes since the
+#: last fold, not by the table).
+_FOLD_COUNTS = (
+    "WITH moved AS (DELETE FROM event_count_deltas RETURNING status, delta),"
+    " sums AS (SELECT status, sum(delta) AS d FROM moved GROUP BY status)"
+    " UPDATE event_counts c SET n = c.n + sums.d FROM sums WHERE c.status = sums.status"
 )
 #: First key of the two-int advisory locks taken per object during a claim ("RELY").
 OBJECT_LOCK_CLASS = 0x52454C59
@@ -172,63 +177,65 @@ class PostgresStore(SQLStoreBase):
                     conn.autocommit = False
 
     def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
-        blocked = sql.BLOCKED_BY_OLDER.format(now="%(now)s")
-        newer = sql.NEWER_DELIVERED.format(
-            key="e.object_key", ord_at="e.ord_at", ord_upd="e.ord_upd", seq="e.seq"
-        )
-        with self._tx() as conn:
-            rows = conn.execute(
-                f"SELECT {sql.EVENT_COLUMNS} FROM events e"
-                " WHERE e.status = 'pending' AND e.next_attempt_at <= %(now)s"
-                " AND (e.lease_expires_at IS NULL OR e.lease_expires_at <= %(now)s)"
-                f" AND NOT ({blocked})"
-                " ORDER BY e.next_attempt_at, e.seq LIMIT %(limit)s"
-                " FOR UPDATE OF e SKIP LOCKED",
-                {"now": now_ms, "limit": limit},
-            ).fetchall()
-            candidates = [sql.row_to_event(r) for r in rows]
-            keys = sorted({e.object_key for e in candidates if e.object_key is not None})
-            locked: set[str] = set()
-            if keys:
-                locked = {
-                    k
-                    for (k,) in conn.execute(
-                        "SELECT k FROM unnest(%s::text[]) AS k"
-                        " WHERE pg_try_advisory_xact_lock(%s, hashtext(k))",
-                        (keys, OBJECT_LOCK_CLASS),
-                    )
-                }
-            mine = [e for e in candidates if e.object_key is None or e.object_key in locked]
-            if not mine:
-                return []
-            # A new statement takes a new snapshot: it sees every claim committed before
-            # we took the object locks above.
-            still = dict(
-                conn.execute(
-                    f"SELECT e.seq, ({newer}) FROM events e"
-                    f" WHERE e.seq = ANY(%(seqs)s) AND NOT ({blocked})",
-                    {"seqs": [e.seq for e in mine], "now": now_ms},
+        claimed: list[Event] = []
+        for _ in range(ordering.MAX_SCAN_ROUNDS):  # one short transaction each
+            with self._tx() as conn:
+                rows = conn.execute(
+                    f"SELECT {sql.EVENT_COLUMNS} FROM events"
+                    " WHERE status = 'pending' AND next_attempt_at <= %(now)s"
+                    " AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
+                    " ORDER BY next_attempt_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+                    {"now": now_ms, "limit": ordering.SCAN_BATCH},
                 ).fetchall()
-            )
-            claimed: list[Event] = []
-            for event in mine:
-                if event.seq not in still:
-                    continue
-                newer_id = still[event.seq]
-                if newer_id is not None and is_upsert(event.type) and not event.force:
+                if not rows:
+                    break
+                candidates = [sql.row_to_event(r) for r in rows]
+                keys = sorted({e.object_key for e in candidates if e.object_key is not None})
+                locked: set[str] = set()
+                if keys:
+                    locked = {
+                        k
+                        for (k,) in conn.execute(
+                            "SELECT k FROM unnest(%s::text[]) AS k"
+                            " WHERE pg_try_advisory_xact_lock(%s, hashtext(k))",
+                            (keys, OBJECT_LOCK_CLASS),
+                        )
+                    }
+                # Objects another claim or completion is working on are left for later.
+                mine = [e for e in candidates if e.object_key is None or e.object_key in locked]
+                keyed = [e.seq for e in mine if e.object_key is not None]
+                # A new statement takes a new snapshot: it sees every lease and park
+                # committed before we took the object locks above.
+                answers = (
                     conn.execute(
-                        "UPDATE events SET status = 'superseded', next_attempt_at = NULL,"
-                        " last_error = %s WHERE seq = %s",
-                        (f"superseded: newer event {newer_id} already delivered", event.seq),
-                    )
-                    continue
-                claimed.append(event)
-            if claimed:
-                conn.execute(
-                    "UPDATE events SET lease_owner = %s, lease_expires_at = %s WHERE seq = ANY(%s)",
-                    (worker_id, now_ms + lease_ms, [e.seq for e in claimed]),
+                        ordering.decision_query("= ANY(%s)", "%s"), (now_ms, keyed)
+                    ).fetchall()
+                    if keyed
+                    else []
                 )
+                decision = ordering.decide(mine, answers, limit=limit - len(claimed))
+                ordering.apply(
+                    conn, "%s", decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
+                )
+            claimed.extend(decision.lease)
+            if len(claimed) >= limit or not ordering.look_again(decision, len(rows)):
+                break
         return claimed
+
+    def _lock_objects(self, conn: Any, event_ids: Sequence[str]) -> None:
+        # Blocking, in one order (by lock key): two completions never deadlock, and a
+        # claim that parked an event of the object has committed before we unpark.
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(object_key) h"
+            " FROM events WHERE id = ANY(%s) AND object_key IS NOT NULL ORDER BY h) s",
+            (OBJECT_LOCK_CLASS, list(event_ids)),
+        )
+
+    def counts(self) -> dict[str, int]:
+        with self._tx() as conn:
+            conn.execute(_FOLD_COUNTS)
+            found = dict(conn.execute("SELECT status, n FROM event_counts").fetchall())
+        return sql.zero_counts(found)
 
     def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
         where, params = sql.filter_clause(flt, "%s")
@@ -243,20 +250,6 @@ class PostgresStore(SQLStoreBase):
         if rows:
             self.notify()
         return [r[0] for r in rows]
-
-    def purge(self, *, older_than_ms: int) -> int:
-        statuses = sorted(map(str, PURGEABLE))
-        with self._tx() as conn:
-            conn.execute(
-                "DELETE FROM attempts WHERE event_id IN (SELECT id FROM events"
-                " WHERE received_at < %s AND status = ANY(%s))",
-                (older_than_ms, statuses),
-            )
-            cur = conn.execute(
-                "DELETE FROM events WHERE received_at < %s AND status = ANY(%s)",
-                (older_than_ms, statuses),
-            )
-            return cur.rowcount
 
     def notify(self) -> None:
         # A short timeout: a replay calls this after committing and must not hang on it.
@@ -279,7 +272,7 @@ class PostgresStore(SQLStoreBase):
         while True:
             with self._tx() as conn:
                 rows = conn.execute(
-                    f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
+                    f"SELECT {sql.EXPORT_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
                     (after, EXPORT_BATCH),
                 ).fetchall()
                 attempts: dict[str, list[Attempt]] = {r[0]: [] for r in rows}

@@ -77,6 +77,54 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             WHERE status = 'pending' AND lease_expires_at IS NOT NULL;
         """,
     ),
+    (
+        3,
+        # Flat claims (see relay.store.ordering). Leased rows leave events_pending_due
+        # (a lease moves next_attempt_at to its expiry). Counts per status: each row
+        # change appends a delta (no hot row for concurrent ingest to queue on); a
+        # reader folds the deltas into event_counts (Store.counts).
+        """
+        CREATE INDEX events_object_order ON events (object_key, status, ord_at, ord_upd, seq);
+        CREATE INDEX events_status_seq ON events (status, seq);
+        CREATE INDEX events_status_received ON events (status, received_at);
+        DROP INDEX events_due;
+        DROP INDEX events_object;
+        CREATE TABLE event_counts (status TEXT PRIMARY KEY, n BIGINT NOT NULL);
+        INSERT INTO event_counts (status, n)
+            SELECT s, (SELECT count(*) FROM events WHERE status = s)
+            FROM unnest(ARRAY['pending', 'delivered', 'failed', 'skipped', 'superseded']) s;
+        CREATE TABLE event_count_deltas (
+            id BIGSERIAL PRIMARY KEY, status TEXT NOT NULL, delta INTEGER NOT NULL
+        );
+        CREATE FUNCTION relay_count_events() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                INSERT INTO event_count_deltas (status, delta) VALUES (NEW.status, 1);
+            ELSIF TG_OP = 'DELETE' THEN
+                INSERT INTO event_count_deltas (status, delta) VALUES (OLD.status, -1);
+            ELSE
+                INSERT INTO event_count_deltas (status, delta)
+                    VALUES (OLD.status, -1), (NEW.status, 1);
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER events_count_insert AFTER INSERT OR DELETE ON events
+            FOR EACH ROW EXECUTE FUNCTION relay_count_events();
+        CREATE TRIGGER events_count_update AFTER UPDATE OF status ON events
+            FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+            EXECUTE FUNCTION relay_count_events();
+        CREATE TABLE targets (
+            target TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            since BIGINT NOT NULL,
+            reason TEXT,
+            last_success_at BIGINT,
+            next_probe_at BIGINT,
+            probe_interval_ms BIGINT NOT NULL DEFAULT 0,
+            probe_count BIGINT NOT NULL DEFAULT 0
+        );
+        """,
+    ),
 )
 
 

@@ -21,20 +21,20 @@ from typing import Any
 
 from relay.errors import StoreError
 from relay.models import (
-    PURGEABLE,
     Attempt,
     Event,
     EventFilter,
     NewEvent,
     Status,
-    is_upsert,
 )
-from relay.store import sql
+from relay.store import ordering, sql
 from relay.store.base import SQLStoreBase
 from relay.store.committer import CommitClient
 from relay.store.local import WakeSocket, WriterLock
 from relay.store.sqlite_schema import apply_migrations
 
+#: Free pages handed back to the file system after each purge batch.
+VACUUM_PAGES = 2000
 #: WAL size (pages of 4 KiB) at which a ``sync_commits=False`` connection checkpoints.
 RELAXED_CHECKPOINT_PAGES = 10_000
 
@@ -71,6 +71,9 @@ class SQLiteStore(SQLStoreBase):
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+                # Only takes effect on a new file (before its first table): purged space
+                # then goes back to the file system (see _reclaim_space).
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")
                 if self._synchronous == "NORMAL":
@@ -137,34 +140,29 @@ class SQLiteStore(SQLStoreBase):
             ]
 
     def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
-        blocked = sql.BLOCKED_BY_OLDER.format(now="?")
-        newer = sql.NEWER_DELIVERED.format(key="?", ord_at="?", ord_upd="?", seq="?")
         claimed: list[Event] = []
-        with self._tx() as conn:
-            rows = conn.execute(
-                f"SELECT {sql.EVENT_COLUMNS}, ord_at, ord_upd FROM events e"
-                " WHERE e.status = 'pending' AND e.next_attempt_at <= ?"
-                " AND (e.lease_expires_at IS NULL OR e.lease_expires_at <= ?)"
-                f" AND NOT ({blocked})"
-                " ORDER BY e.next_attempt_at, e.seq LIMIT ?",
-                (now_ms, now_ms, now_ms, limit),
-            ).fetchall()
-            for row in rows:
-                event = sql.row_to_event(row)
-                if event.object_key and is_upsert(event.type) and not event.force:
-                    hit = conn.execute(newer, (event.object_key, row[18], row[19], event.seq))
-                    if (newer_id := hit.fetchone()) is not None:
-                        conn.execute(
-                            "UPDATE events SET status = 'superseded', next_attempt_at = NULL,"
-                            " last_error = ? WHERE seq = ?",
-                            (f"superseded: newer event {newer_id[0]} already delivered", event.seq),
-                        )
-                        continue
-                conn.execute(
-                    "UPDATE events SET lease_owner = ?, lease_expires_at = ? WHERE seq = ?",
-                    (worker_id, now_ms + lease_ms, event.seq),
+        for _ in range(ordering.MAX_SCAN_ROUNDS):  # one short write transaction each
+            with self._tx() as conn:
+                rows = conn.execute(_CANDIDATES, (now_ms, now_ms, ordering.SCAN_BATCH)).fetchall()
+                if not rows:
+                    break
+                candidates = [sql.row_to_event(r) for r in rows]
+                keyed = [e.seq for e in candidates if e.object_key is not None]
+                answers = (
+                    conn.execute(
+                        ordering.decision_query(f"IN ({_marks(len(keyed))})", "?"),
+                        (now_ms, *keyed),
+                    ).fetchall()
+                    if keyed
+                    else []
                 )
-                claimed.append(event)
+                decision = ordering.decide(candidates, answers, limit=limit - len(claimed))
+                ordering.apply(
+                    conn, "?", decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
+                )
+            claimed.extend(decision.lease)
+            if len(claimed) >= limit or not ordering.look_again(decision, len(rows)):
+                break
         return claimed
 
     def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
@@ -184,19 +182,9 @@ class SQLiteStore(SQLStoreBase):
             self.notify()
         return [r[0] for r in rows]
 
-    def purge(self, *, older_than_ms: int) -> int:
-        marks = ", ".join("?" * len(PURGEABLE))
-        with self._tx() as conn:
-            conn.execute(
-                "DELETE FROM attempts WHERE event_id IN (SELECT id FROM events"
-                f" WHERE received_at < ? AND status IN ({marks}))",
-                [older_than_ms, *map(str, PURGEABLE)],
-            )
-            cur = conn.execute(
-                f"DELETE FROM events WHERE received_at < ? AND status IN ({marks})",
-                [older_than_ms, *map(str, PURGEABLE)],
-            )
-            return cur.rowcount
+    def _reclaim_space(self) -> None:
+        with self._tx(immediate=True) as conn:
+            conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
 
     def notify(self, *, burst: bool = False) -> None:
         self._wake.send(burst=burst)
@@ -208,7 +196,7 @@ class SQLiteStore(SQLStoreBase):
         return self._wake.listen(wake)
 
     def export(self) -> Iterator[tuple[Event, list[Attempt]]]:
-        rows = self._query(f"SELECT {sql.EVENT_COLUMNS} FROM events ORDER BY seq")
+        rows = self._query(f"SELECT {sql.EXPORT_COLUMNS} FROM events ORDER BY seq")
         for row in rows:
             attempts = self._query(
                 f"SELECT {sql.ATTEMPT_COLUMNS} FROM attempts WHERE event_id = ? ORDER BY id",
@@ -250,4 +238,10 @@ def _marks(n: int) -> str:
 _INSERT = (
     f"INSERT INTO events ({sql.INSERT_COLUMNS}, next_attempt_at)"
     f" VALUES ({_marks(14)}) ON CONFLICT (id) DO NOTHING"
+)
+_CANDIDATES = (
+    f"SELECT {sql.EVENT_COLUMNS} FROM events"
+    " WHERE status = 'pending' AND next_attempt_at <= ?"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+    " ORDER BY next_attempt_at, seq LIMIT ?"
 )

@@ -61,6 +61,49 @@ CREATE INDEX IF NOT EXISTS attempts_event ON attempts (event_id, id);
 CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, last_seen INTEGER NOT NULL);
         """,
     ),
+    (
+        2,
+        # Flat claims (see relay.store.ordering): the claim index holds heads and rows
+        # not yet looked at, never parked followers; each per-object probe is one
+        # range seek. Counts per status are kept by triggers, so /metrics and the
+        # admin counts read five rows instead of counting the table.
+        """
+CREATE INDEX events_claim ON events (next_attempt_at, seq) WHERE status = 'pending';
+CREATE INDEX events_object_order ON events (object_key, status, ord_at, ord_upd, seq);
+CREATE INDEX events_leased ON events (object_key, lease_expires_at)
+    WHERE lease_expires_at IS NOT NULL;
+CREATE INDEX events_status_seq ON events (status, seq);
+CREATE INDEX events_status_received ON events (status, received_at);
+DROP INDEX events_due;
+DROP INDEX events_object;
+CREATE TABLE event_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL);
+INSERT INTO event_counts (status, n)
+    SELECT s.status, (SELECT count(*) FROM events WHERE status = s.status)
+    FROM (SELECT 'pending' AS status UNION ALL SELECT 'delivered' UNION ALL SELECT 'failed'
+          UNION ALL SELECT 'skipped' UNION ALL SELECT 'superseded') s;
+CREATE TRIGGER events_count_insert AFTER INSERT ON events BEGIN
+    UPDATE event_counts SET n = n + 1 WHERE status = NEW.status;
+END;
+CREATE TRIGGER events_count_update AFTER UPDATE OF status ON events
+    WHEN OLD.status <> NEW.status BEGIN
+    UPDATE event_counts SET n = n - 1 WHERE status = OLD.status;
+    UPDATE event_counts SET n = n + 1 WHERE status = NEW.status;
+END;
+CREATE TRIGGER events_count_delete AFTER DELETE ON events BEGIN
+    UPDATE event_counts SET n = n - 1 WHERE status = OLD.status;
+END;
+CREATE TABLE targets (
+    target TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    reason TEXT,
+    last_success_at INTEGER,
+    next_probe_at INTEGER,
+    probe_interval_ms INTEGER NOT NULL DEFAULT 0,
+    probe_count INTEGER NOT NULL DEFAULT 0
+)
+        """,
+    ),
 )
 
 
@@ -78,7 +121,7 @@ def apply_migrations(conn: sqlite3.Connection) -> list[int]:
     for version, ddl in MIGRATIONS:
         if version in done:
             continue
-        for statement in filter(str.strip, ddl.split(";")):
+        for statement in _statements(ddl):
             conn.execute(statement)
         conn.execute(
             "INSERT INTO relay_schema_migrations (version, applied_at) VALUES (?, ?)",
@@ -86,3 +129,18 @@ def apply_migrations(conn: sqlite3.Connection) -> list[int]:
         )
         applied.append(version)
     return applied
+
+
+def _statements(ddl: str) -> list[str]:
+    """Split a step into statements; a trigger's body (``BEGIN ... END``) stays whole."""
+    out: list[str] = []
+    current: list[str] = []
+    for part in ddl.split(";"):
+        current.append(part)
+        text = ";".join(current)
+        if "BEGIN" in text.upper().split() and not text.rstrip().upper().endswith("END"):
+            continue
+        if text.strip():
+            out.append(text.strip())
+        current = []
+    return out
