@@ -35,6 +35,15 @@ DELIVERIES = Counter(
     "Delivery attempts by verdict (delivered, retry, failed) and final states set by the worker.",
     ["outcome"],
 )
+TARGET_PROBES = Counter(
+    "relay_target_probes_total",
+    "Probes sent to a target that was down or misconfigured.",
+)
+TARGET_TRANSITIONS = Counter(
+    "relay_target_transitions_total",
+    "Target health changes made by this process, by the state entered.",
+    ["state"],
+)
 ATTEMPT_SECONDS = Histogram(
     "relay_delivery_attempt_seconds",
     "Duration of one delivery attempt to Convex.",

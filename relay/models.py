@@ -245,3 +245,37 @@ class Outcome:
     #: Whether this attempt uses up a step of the retry schedule. Attempts made while
     #: the target is known to be down or misconfigured are not the event's fault.
     charged: bool = True
+
+
+class TargetState(StrEnum):
+    """Health of a delivery target, as every worker and operator sees it."""
+
+    UP = "up"
+    DOWN = "down"
+    MISCONFIGURED = "misconfigured"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetHealth:
+    """One target's row in the store (see :mod:`relay.target`). Times are epoch ms."""
+
+    target: str
+    state: TargetState = TargetState.UP
+    since_ms: int = 0
+    reason: str | None = None
+    last_success_ms: int | None = None
+    next_probe_ms: int | None = None
+    probe_interval_ms: int = 0
+    probe_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's shape (``relay status --json``, /readyz, the admin API)."""
+        return {
+            "target": self.target,
+            "state": str(self.state),
+            "since": self.since_ms,
+            "lastSuccessAt": self.last_success_ms,
+            "reason": self.reason,
+            "probes": self.probe_count,
+            "nextProbeAt": self.next_probe_ms,
+        }

@@ -98,6 +98,13 @@ class Settings:
     backlog_warn_s: float = 900.0
     #: A worker whose last heartbeat is older than this is taken to be dead.
     heartbeat_stale_s: float = 30.0
+    #: While the target is down or misconfigured, one probe this often at most (the
+    #: gap starts at a second and doubles up to this): the first delivery after
+    #: Convex comes back is at most this late.
+    probe_interval_max_s: float = 5.0
+    #: An event still undelivered this long after it arrived fails at its next failed
+    #: attempt, whatever the reason (Svix itself gives up on an endpoint after 5 days).
+    max_pending_age_s: float = 7 * 86400.0
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -343,4 +350,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["trusted_proxies"] = int(v)
     if v := get("RELAY_BACKLOG_WARN"):
         kw["backlog_warn_s"] = parse_duration_s("RELAY_BACKLOG_WARN", v)
+    if v := get("RELAY_PROBE_INTERVAL_MAX"):
+        kw["probe_interval_max_s"] = parse_duration_s("RELAY_PROBE_INTERVAL_MAX", v)
+        if not 0 < kw["probe_interval_max_s"] <= 3600:  # type: ignore[operator]
+            raise ConfigError("RELAY_PROBE_INTERVAL_MAX", "must be from 1ms to 1h", "5s")
+    if v := get("RELAY_MAX_PENDING_AGE"):
+        kw["max_pending_age_s"] = parse_duration_s("RELAY_MAX_PENDING_AGE", v)
     return Settings(**kw)  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ from relay.outcome import Verdict, classify
 from relay.retry import next_delay_s, parse_retry_after
 from relay.settings import Settings
 from relay.store import Store
+from relay.target import Gate, TargetHealthTracker
 
 log = structlog.get_logger("relay.worker")
 
@@ -92,6 +93,13 @@ class Worker:
         self._last_claim = 0.0  # time.monotonic() of the last claim
         self._deferred_since: float | None = None  # a burst is holding claims back
         self._defer_until = 0.0
+        self.health = TargetHealthTracker(
+            store,
+            settings.target_url,
+            probe_interval_max_s=settings.probe_interval_max_s,
+            clock=clock,
+        )
+        self._gate_wait_s = 0.0  # the target is not up: look again after this
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -163,6 +171,8 @@ class Worker:
         defer_s = self._defer_until - time.monotonic()
         if self._deferred_since is not None and defer_s > 0:  # look again when it may be over
             wait_s = min(wait_s, defer_s)
+        if self._gate_wait_s > 0:  # the target is not up: until the next probe may be due
+            wait_s = min(wait_s, self._gate_wait_s)
         return max(0.0, wait_s)
 
     def _beat(self) -> None:
@@ -182,10 +192,14 @@ class Worker:
             return
         if self._deferring():
             return
+        gate, self._gate_wait_s = self.health.gate()
+        if gate is Gate.WAIT or (gate is Gate.PROBE and busy):
+            return
+        limit = 1 if gate is Gate.PROBE else free
         self._last_claim = time.monotonic()
         try:
             events = self.store.claim(
-                self.worker_id, now_ms=self.now_ms(), lease_ms=self.lease_ms, limit=free
+                self.worker_id, now_ms=self.now_ms(), lease_ms=self.lease_ms, limit=limit
             )
         except StoreError as exc:
             log.error("worker_claim_failed", error=str(exc))
@@ -277,6 +291,7 @@ class Worker:
             response.status_code,
             convex_status=response.convex_status,
             transport_error=response.transport_error,
+            excerpt=response.excerpt,
         )
         metrics.ATTEMPT_SECONDS.observe(response.duration_ms / 1000)
         error = (
@@ -284,19 +299,43 @@ class Worker:
             if verdict is Verdict.DELIVERED
             else _reason(response.status_code, why, response.excerpt)
         )
-        outcome, next_in_s = self._outcome(event, verdict, error, response.retry_after)
+        outcome, next_in_s = self._outcome(
+            event, verdict, error, response.retry_after, response.status_code
+        )
+        if verdict is Verdict.SUSPECT:  # the attempts log keeps the contract's verdicts
+            verdict = Verdict.FAILED if outcome.status == Status.FAILED else Verdict.RETRY
         attempt = Attempt(
             now_ms, target, response.status_code, response.duration_ms, str(verdict), error
         )
         self._finish(event, attempt, outcome, next_in_s=next_in_s)
 
     def _outcome(
-        self, event: Event, verdict: Verdict, error: str | None, retry_after: str | None
+        self,
+        event: Event,
+        verdict: Verdict,
+        error: str | None,
+        retry_after: str | None,
+        status_code: int | None = None,
     ) -> tuple[Outcome, float | None]:
+        """The event's next state after one attempt (target health has its say first)."""
+        now_ms = self.now_ms()
         if verdict is Verdict.DELIVERED:
-            return Outcome(Status.DELIVERED), None
+            self.health.delivered()
+            return Outcome(Status.DELIVERED, charged=False), None
         if verdict is Verdict.FAILED:
             return Outcome(Status.FAILED, None, error), None
+        too_old = now_ms - event.received_at_ms > self.settings.max_pending_age_s * 1000
+        if too_old:
+            age = f"undelivered after {self.settings.max_pending_age_s / 86400:g} days"
+            return Outcome(Status.FAILED, None, f"{age}; last: {error}"), None
+        if verdict is Verdict.SUSPECT:
+            if not self.health.suspect_answer(event, status_code, error or ""):
+                return Outcome(Status.FAILED, None, error), None
+            delay_ms = self.health.hold_delay_ms()  # held: not the event's fault (yet)
+            return Outcome(Status.PENDING, now_ms + delay_ms, error, charged=False), delay_ms / 1000
+        if self.health.down_answer(event, error or ""):
+            # The target is known down: the circuit gates this event now, not a backoff.
+            return Outcome(Status.PENDING, now_ms, error, charged=False), 0.0
         delay = next_delay_s(
             event.retry_step,
             self.settings.retry_schedule_s,
@@ -305,7 +344,7 @@ class Worker:
         )
         if delay is None:
             return Outcome(Status.FAILED, None, f"retries exhausted; last: {error}"), None
-        return Outcome(Status.PENDING, self.now_ms() + int(delay * 1000), error), delay
+        return Outcome(Status.PENDING, now_ms + int(delay * 1000), error), delay
 
     def _record(self, event: Event, attempt: Attempt, outcome: Outcome) -> bool:
         """Write the outcome, retrying while the lease lasts.

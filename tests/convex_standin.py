@@ -54,6 +54,20 @@ class ConvexStandIn:
         self.delivered: list[str] = []  # svix-id (or args event id) of successful deliveries
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
+        #: While set, every request gets this status (an outage), until :meth:`up`.
+        self.outage_status: int | None = None
+        #: Event ids (svix-id) refused every time with ``(status, body)``.
+        self.refuse: dict[str, tuple[int, Any]] = {}
+
+    def down(self, status: int = 503) -> None:
+        """Every request from now on gets ``status``, until :meth:`up`."""
+        with self.lock:
+            self.outage_status = status
+
+    def up(self) -> None:
+        """End an outage started by :meth:`down`."""
+        with self.lock:
+            self.outage_status = None
 
     @property
     def url(self) -> str:
@@ -118,8 +132,17 @@ class ConvexStandIn:
     ) -> tuple[int, Any, dict[str, str]]:
         headers = {k.lower(): v for k, v in headers.items()}
         with self.lock:
+            outage = self.outage_status
             scripted = self.script.replies.pop(0) if self.script.replies else None
             hang = self.script.hang_s
+            refused = self.refuse.get(headers.get("svix-id") or _event_id(body))
+        if outage is not None:
+            refused = (outage, {"code": "[Request ID: standin] Server Error"})
+        if refused is not None:
+            status, payload = refused
+            with self.lock:
+                self.received.append(Received(path, headers, body, status, time.time()))
+            return status, payload, {}
         if hang:
             time.sleep(hang)
         status, payload, extra = self._answer(path, headers, body, scripted)

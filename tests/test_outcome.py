@@ -21,9 +21,10 @@ from relay.outcome import Verdict, classify
         (502, None, Verdict.RETRY),
         (503, None, Verdict.RETRY),
         (400, None, Verdict.FAILED),
-        (401, None, Verdict.FAILED),
-        (403, None, Verdict.FAILED),
-        (404, None, Verdict.FAILED),
+        (401, None, Verdict.SUSPECT),
+        (403, None, Verdict.SUSPECT),
+        (404, None, Verdict.SUSPECT),
+        (405, None, Verdict.FAILED),
         (301, None, Verdict.FAILED),
         (308, None, Verdict.FAILED),
         (600, None, Verdict.FAILED),
@@ -43,3 +44,11 @@ def test_transport_errors_are_retried(error: str) -> None:
 def test_function_error_reason_is_named() -> None:
     """A 200 with status:error says it was a Convex function error."""
     assert classify(200, convex_status="error") == (Verdict.FAILED, "Convex function error")
+
+
+def test_the_templates_signature_error_is_suspect_and_other_400s_fail() -> None:
+    """The official template's verification failure (400 "Error occured") points at the
+    forwarding secret; a 400 with any other text is about the one payload."""
+    assert classify(400, excerpt="Error occured")[0] is Verdict.SUSPECT
+    assert classify(400, excerpt="Unrecognised event payload")[0] is Verdict.FAILED
+    assert classify(400)[0] is Verdict.FAILED

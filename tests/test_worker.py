@@ -178,23 +178,25 @@ def test_exhausted_retries_fail_with_last_reason(
 
 
 def test_4xx_fails_at_once(settings: Settings, store: SQLiteStore, convex: ConvexStandIn) -> None:
-    """A 400 from the HTTP action will not get better by retrying: failed immediately."""
+    """A 400 about the payload will not get better by retrying: failed immediately."""
     store.insert(make_event(event_id="msg_1"))
-    convex.fail_next(1, 400, body={"error": "Error occured"})
+    convex.fail_next(1, 400, body={"error": "Unrecognised event payload"})
     make_worker(settings, store, convex).run_once()
     event = store.get("msg_1")
     assert event is not None and event.status == Status.FAILED
-    assert event.last_error == "HTTP 400 rejected: Error occured"
+    assert event.last_error == "HTTP 400 rejected: Unrecognised event payload"
 
 
 def test_wrong_forward_secret_is_refused_by_convex(
     settings: Settings, store: SQLiteStore, convex: ConvexStandIn
 ) -> None:
-    """Signing with a secret Convex does not know fails visibly instead of looping."""
+    """Signing with a secret Convex does not know: the template's 400 holds the event
+    (pending, nothing charged) with a reason that names the secret, instead of failing it."""
     store.insert(make_event(event_id="msg_1"))
     make_worker(settings, store, convex, forward_secret=SECRET).run_once()
     event = store.get("msg_1")
-    assert event is not None and event.status == Status.FAILED
+    assert event is not None and event.status == Status.PENDING and event.retry_step == 0
+    assert "CLERK_WEBHOOK_SECRET" in (event.last_error or "")
     assert convex.received[0].status == 400
 
 
@@ -335,10 +337,11 @@ def test_function_error_in_200_is_a_failure(
     assert "users table is on fire" in (event.last_error or "")
 
 
-def test_wrong_deploy_key_fails(
+def test_wrong_deploy_key_holds_the_event(
     settings: Settings, store: SQLiteStore, convex: ConvexStandIn
 ) -> None:
-    """401 BadAdminKey is a configuration error: failed, reason kept."""
+    """401 BadAdminKey is the target's configuration, not the event's: held pending
+    (nothing charged), reason kept."""
     store.insert(make_event("user.created", event_id="msg_1"))
     make_worker(
         settings,
@@ -349,7 +352,7 @@ def test_wrong_deploy_key_fails(
         convex_deploy_key="prod:wrong|key",
     ).run_once()
     event = store.get("msg_1")
-    assert event is not None and event.status == Status.FAILED
+    assert event is not None and event.status == Status.PENDING and event.retry_step == 0
     assert "admin key was invalid" in (event.last_error or "")
 
 

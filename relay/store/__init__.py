@@ -17,7 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from relay.models import Attempt, Event, EventFilter, NewEvent, Outcome, Page
+from relay.models import (
+    Attempt,
+    Event,
+    EventFilter,
+    NewEvent,
+    Outcome,
+    Page,
+    TargetHealth,
+    TargetState,
+)
 
 
 class Store(Protocol):
@@ -91,6 +100,35 @@ class Store(Protocol):
 
     def import_event(self, event: Event, attempts: list[Attempt]) -> bool:
         """Insert an exported event as it is (status, counters, attempts); False if present."""
+
+    def target_health(self, target: str) -> TargetHealth | None:
+        """The health row of one delivery target, or None before anything was recorded."""
+
+    def targets(self) -> list[TargetHealth]:
+        """Every target's health row."""
+
+    def set_target_state(
+        self,
+        target: str,
+        state: TargetState,
+        *,
+        now_ms: int,
+        reason: str | None = None,
+        probe_interval_ms: int = 0,
+    ) -> bool:
+        """Move a target to ``state`` (first probe ``probe_interval_ms`` from now when not
+        up); True only for the caller whose call changed it (exactly one of several)."""
+
+    def take_probe(self, target: str, *, now_ms: int, max_interval_ms: int) -> bool:
+        """Take the next probe of a target that is not up, if it is due: True for exactly
+        one caller; the gap to the next one doubles up to ``max_interval_ms``."""
+
+    def target_succeeded(self, target: str, *, now_ms: int) -> None:
+        """Record a delivery to the target (its "last success")."""
+
+    def release_held(self, *, now_ms: int) -> int:
+        """Make every pending event that waits on a backoff due now (the target is back);
+        returns how many, and wakes the workers."""
 
     def ping(self) -> None:
         """Raise :class:`~relay.errors.StoreError` unless the database answers."""

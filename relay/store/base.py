@@ -12,11 +12,26 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
-from relay.models import PURGEABLE, Attempt, Event, EventFilter, Outcome, Page, Status
+from relay.models import (
+    PURGEABLE,
+    Attempt,
+    Event,
+    EventFilter,
+    Outcome,
+    Page,
+    Status,
+    TargetHealth,
+    TargetState,
+)
 from relay.store import ordering, sql
 
 #: Events deleted per transaction by :meth:`SQLStoreBase.purge`.
 PURGE_BATCH = 1000
+#: Events made due per transaction by :meth:`SQLStoreBase.release_held`.
+RELEASE_BATCH = 1000
+_TARGET_COLUMNS = (
+    "target, state, since, reason, last_success_at, next_probe_at, probe_interval_ms, probe_count"
+)
 
 
 class SQLStoreBase:
@@ -165,3 +180,112 @@ class SQLStoreBase:
 
     def ping(self) -> None:
         self._query("SELECT 1")
+
+    # -- target health (relay.target) ----------------------------------------------------
+
+    def target_health(self, target: str) -> TargetHealth | None:
+        rows = self._query(
+            f"SELECT {_TARGET_COLUMNS} FROM targets WHERE target = {self.PH}", (target,)
+        )
+        return _row_to_health(rows[0]) if rows else None
+
+    def targets(self) -> list[TargetHealth]:
+        rows = self._query(f"SELECT {_TARGET_COLUMNS} FROM targets ORDER BY target")
+        return [_row_to_health(r) for r in rows]
+
+    def set_target_state(
+        self,
+        target: str,
+        state: TargetState,
+        *,
+        now_ms: int,
+        reason: str | None = None,
+        probe_interval_ms: int = 0,
+    ) -> bool:
+        ph = self.PH
+        next_probe = None if state == TargetState.UP else now_ms + probe_interval_ms
+        with self._tx() as conn:
+            row = conn.execute(
+                f"INSERT INTO targets ({_TARGET_COLUMNS})"
+                f" VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, 0)"
+                " ON CONFLICT (target) DO UPDATE SET state = excluded.state,"
+                " since = excluded.since, reason = excluded.reason,"
+                " last_success_at = COALESCE(excluded.last_success_at, targets.last_success_at),"
+                " next_probe_at = excluded.next_probe_at,"
+                " probe_interval_ms = excluded.probe_interval_ms, probe_count = 0"
+                " WHERE targets.state <> excluded.state RETURNING target",
+                (
+                    target,
+                    str(state),
+                    now_ms,
+                    reason,
+                    now_ms if state == TargetState.UP else None,
+                    next_probe,
+                    probe_interval_ms,
+                ),
+            ).fetchone()
+        return row is not None
+
+    def take_probe(self, target: str, *, now_ms: int, max_interval_ms: int) -> bool:
+        ph = self.PH
+        with self._tx() as conn:
+            row = conn.execute(
+                f"UPDATE targets SET next_probe_at = {ph} + probe_interval_ms,"
+                f" probe_interval_ms = CASE WHEN probe_interval_ms * 2 > {ph} THEN {ph}"
+                " ELSE probe_interval_ms * 2 END, probe_count = probe_count + 1"
+                f" WHERE target = {ph} AND state <> 'up' AND next_probe_at <= {ph}"
+                " RETURNING target",
+                (now_ms, max_interval_ms, max_interval_ms, target, now_ms),
+            ).fetchone()
+        return row is not None
+
+    def target_succeeded(self, target: str, *, now_ms: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                f"UPDATE targets SET last_success_at = {self.PH} WHERE target = {self.PH}",
+                (now_ms, target),
+            )
+
+    def release_held(self, *, now_ms: int) -> int:
+        # Pending events waiting on a backoff (not in flight) become due now, a batch
+        # per transaction. Range-reads the claim index: rows due later only.
+        ph = self.PH
+        total = 0
+        while True:
+            with self._tx() as conn:
+                seqs = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT seq FROM events WHERE status = 'pending'"
+                        f" AND next_attempt_at > {ph} AND lease_expires_at IS NULL LIMIT {ph}",
+                        (now_ms, RELEASE_BATCH),
+                    ).fetchall()
+                ]
+                if seqs:
+                    conn.execute(
+                        f"UPDATE events SET next_attempt_at = {ph}"
+                        f" WHERE seq IN ({', '.join([ph] * len(seqs))})",
+                        (now_ms, *seqs),
+                    )
+            total += len(seqs)
+            if len(seqs) < RELEASE_BATCH:
+                break
+        if total:
+            self.notify()
+        return total
+
+    def notify(self) -> None:
+        raise NotImplementedError
+
+
+def _row_to_health(row: Sequence[Any]) -> TargetHealth:
+    return TargetHealth(
+        target=row[0],
+        state=TargetState(row[1]),
+        since_ms=row[2],
+        reason=row[3],
+        last_success_ms=row[4],
+        next_probe_ms=row[5],
+        probe_interval_ms=row[6],
+        probe_count=row[7],
+    )
