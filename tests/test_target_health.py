@@ -23,7 +23,7 @@ from relay.target import DOWN_AFTER, MISCONFIGURED_AFTER
 from relay.worker import Worker
 
 from .convex_standin import ConvexStandIn
-from .factories import FORWARD_SECRET, SECRET, make_event
+from .factories import SECRET, make_event
 from .postgres_server import fresh_schema
 from .relay_process import wait_until
 
