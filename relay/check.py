@@ -12,6 +12,7 @@ import requests
 from svix.webhooks import Webhook
 
 from relay.errors import ConfigError, StoreError
+from relay.models import TargetHealth, TargetState
 from relay.settings import Settings
 from relay.store import open_store
 
@@ -35,11 +36,29 @@ def run_checks(settings: Settings) -> Iterator[tuple[str, bool, str]]:
         store = open_store(settings.database_url)
         store.migrate()
         counts = store.counts()
+        health = store.target_health(settings.target_url) or TargetHealth(settings.target_url)
         store.close()
         yield "store", True, f"{store.url_for_display.split('@')[-1]} ({counts['pending']} pending)"
+        yield "target health", health.state == TargetState.UP, describe_health(health)
     except (StoreError, ValueError) as exc:
         yield "store", False, str(exc)
     yield _reach_convex(settings)
+
+
+def describe_health(health: TargetHealth, *, now_ms: int | None = None) -> str:
+    """One line for people: the state, since when, why, and the last success."""
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+
+    def ago(ms: int | None) -> str:
+        return "never" if ms is None else f"{max(0, now_ms - ms) / 1000:.0f}s ago"
+
+    if health.state == TargetState.UP:
+        return f"up (last delivery {ago(health.last_success_ms)})"
+    return (
+        f"{health.state} since {ago(health.since_ms)}: {health.reason}; "
+        f"{health.probe_count} probe(s), last delivery {ago(health.last_success_ms)}; "
+        "held events go out by themselves once a probe is delivered"
+    )
 
 
 def _reach_convex(settings: Settings) -> tuple[str, bool, str]:

@@ -23,7 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from relay.errors import ConfigError, StoreError
-from relay.models import Event, EventFilter, Status
+from relay.models import Event, EventFilter, Status, TargetHealth, TargetState
 from relay.settings import Settings, parse_duration_s
 from relay.store import Store, open_store
 from relay.store.sql import replayable_statuses
@@ -370,6 +370,28 @@ def check() -> None:
         click.echo(f"{'ok  ' if passed else 'FAIL'}  {name}: {detail}")
         ok &= passed
     sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The contract's JSON object.")
+@handles_errors
+def status(as_json: bool) -> None:
+    """Delivery target health and the backlog: exit 0 while the target is up, 1 if not."""
+    from relay.check import describe_health
+
+    settings = _settings()
+    store = _store(settings)
+    health = store.target_health(settings.target_url) or TargetHealth(settings.target_url)
+    counts = store.counts()
+    oldest = store.oldest_pending_ms()
+    data = {**health.to_dict(), "events": counts, "oldestPendingAt": oldest}
+    text = (
+        f"target   {health.target}\n"
+        f"state    {describe_health(health)}\n"
+        f"backlog  {counts['pending']} pending, {counts['failed']} failed"
+    )
+    _report(data, as_json, text)
+    sys.exit(0 if health.state == TargetState.UP else 1)
 
 
 @main.command("send-test")

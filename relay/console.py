@@ -31,7 +31,7 @@ from relay import adminauth
 from relay.admin import limiter, matching_ids, replay_one, replay_selection
 from relay.adminquery import parse_filter, parse_list_query
 from relay.errors import HTTPError, NotFound
-from relay.models import Event, EventFilter, Status
+from relay.models import Event, EventFilter, Status, TargetState
 from relay.redact import redact, redact_text
 from relay.settings import Settings
 from relay.web import runtime
@@ -105,7 +105,8 @@ def _page_context() -> dict[str, Any]:
 
 
 def _health_warnings(settings: Settings) -> list[str]:
-    """Why an operator should look now: a stale backlog or a silent worker."""
+    """Why an operator should look now: the target is not up, a stale backlog, or a
+    silent worker."""
     store = runtime().store
     now_s = time.time()
     warnings = []
@@ -114,6 +115,13 @@ def _health_warnings(settings: Settings) -> list[str]:
         warnings.append(
             f"The oldest pending event has waited {_age(now_s - oldest / 1000)} "
             f"(warning after {_age(settings.backlog_warn_s)})."
+        )
+    health = store.target_health(settings.target_url)
+    if health is not None and health.state != TargetState.UP:
+        warnings.append(
+            f"Convex is {health.state} since {_age(now_s - health.since_ms / 1000)} ago: "
+            f"{health.reason}. Events are kept and go out by themselves once a probe "
+            f"({health.probe_count} so far) is delivered."
         )
     beat = store.last_heartbeat_ms()
     if beat is None:

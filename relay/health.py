@@ -9,6 +9,8 @@ from werkzeug.exceptions import NotFound
 
 from relay import metrics
 from relay.errors import StoreError
+from relay.models import TargetHealth
+from relay.store import Store
 from relay.web import runtime
 
 bp = Blueprint("health", __name__)
@@ -41,9 +43,20 @@ def readyz() -> tuple[Response, int]:
         checks["worker"] = "unknown"
     failing = sorted(name for name, state in checks.items() if state != "ok")
     body: dict[str, object] = {"status": "ok" if not failing else "unavailable", "checks": checks}
+    # Detail, not a check: with Convex down the relay still accepts and keeps events.
+    body["target"] = target_detail(rt.store, rt.settings.target_url)
     if failing:
         body["failing"] = failing
     return jsonify(body), 200 if not failing else 503
+
+
+def target_detail(store: Store, target: str) -> dict[str, object] | None:
+    """The delivery target's health for /readyz (None when the store cannot say)."""
+    try:
+        health = store.target_health(target)
+    except StoreError:
+        return None
+    return (health or TargetHealth(target)).to_dict()
 
 
 @bp.get("/metrics")

@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from relay.errors import ConfigError
+from relay.models import TargetHealth, TargetState
 from relay.store import Store
 
 EVENTS_RECEIVED = Counter(
@@ -70,12 +71,38 @@ class StoreCollector(Collector):
             "Age of the oldest pending event (0 when none).",
             value=0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000),
         )
+        yield from _target_gauges(self.store.targets(), now_ms)
         beat = self.store.last_heartbeat_ms()
         yield GaugeMetricFamily(
             "relay_worker_heartbeat_age_seconds",
             "Seconds since a delivery worker last reported (-1 when none ever did).",
             value=-1.0 if beat is None else max(0.0, (now_ms - beat) / 1000),
         )
+
+
+def _target_gauges(targets: list[TargetHealth], now_ms: float) -> Iterator[Metric]:
+    state = GaugeMetricFamily(
+        "relay_target_state",
+        "1 for the state each delivery target is in (up, down, misconfigured), else 0.",
+        labels=["target", "state"],
+    )
+    since = GaugeMetricFamily(
+        "relay_target_last_success_age_seconds",
+        "Seconds since a delivery to the target last succeeded (-1 when none is recorded).",
+        labels=["target"],
+    )
+    probes = GaugeMetricFamily(
+        "relay_target_probes",
+        "Probes sent since the target left the up state (0 while up).",
+        labels=["target"],
+    )
+    for t in targets:
+        for s in TargetState:
+            state.add_metric([t.target, str(s)], 1.0 if t.state == s else 0.0)
+        age = -1.0 if t.last_success_ms is None else max(0.0, (now_ms - t.last_success_ms) / 1000)
+        since.add_metric([t.target], age)
+        probes.add_metric([t.target], t.probe_count)
+    yield from (state, since, probes)
 
 
 def registry(store: Store, multiprocess_dir: str | None = None) -> CollectorRegistry:

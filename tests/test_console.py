@@ -282,3 +282,21 @@ def test_redact_keeps_booleans_and_ordinary_fields() -> None:
         "id": "user_1",
         "nested": [{"private_metadata": REDACTED, "token": None}],
     }
+
+
+def test_banner_when_the_target_is_down(app: Flask, store: Store) -> None:
+    """A target that is not up raises a banner saying why and that events are kept."""
+    from relay.models import TargetState
+
+    client = signed_in(app)
+    assert "Convex is" not in client.get("/admin/").get_data(as_text=True)
+    from relay.web import runtime
+
+    with app.app_context():
+        target = runtime().settings.target_url
+    now_ms = int(time.time() * 1000)
+    store.set_target_state(
+        target, TargetState.DOWN, now_ms=now_ms - 120_000, reason="HTTP 503 server error"
+    )
+    page = client.get("/admin/").get_data(as_text=True)
+    assert "Convex is down since 2m ago: HTTP 503 server error" in page

@@ -1,0 +1,64 @@
+"""What an operator sees of an outage, through a real ``relay serve``: /readyz detail,
+/metrics gauges, ``relay status`` and ``relay check``, one log line per transition."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from relay.check import sample_envelope
+
+from .factories import FORWARD_SECRET
+from .relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
+from .test_observability import metric
+
+
+def test_an_outage_is_visible_everywhere_and_ends_by_itself(tmp_path: Path) -> None:
+    with TrackingStandIn(FORWARD_SECRET).running() as standin:
+        standin.down()
+        env = relay_env(
+            tmp_path,
+            CONVEX_SITE_URL=standin.url,
+            RELAY_FORWARD_SECRET=FORWARD_SECRET,
+            RELAY_PROBE_INTERVAL_MAX="300ms",
+            RELAY_RETRY_SCHEDULE=",".join(["200ms"] * 40),
+        )
+        with RelayProcess(tmp_path, env) as relay:
+            ids = []
+            for i in range(8):
+                envelope = sample_envelope("user.updated", int(time.time() * 1000) + i)
+                envelope["data"]["id"] = f"user_vis{i}"  # type: ignore[index]
+                response = relay.post_event(json.dumps(envelope).encode())
+                assert response.status_code == 200
+                ids.append(response.json()["id"])
+
+            def target() -> dict[str, object]:
+                detail: dict[str, object] = relay.get("/readyz").json()["target"]
+                return detail
+
+            down = wait_until(lambda: (t := target())["state"] == "down" and t, 30, "down")
+            assert "503" in str(down["reason"]) and down["since"]
+            wait_until(lambda: target()["probes"], 10, "a probe")
+            text = relay.get("/metrics").text
+            url = f"{standin.url}/clerk-users-webhook"
+            assert metric(text, "relay_target_state", target=url, state="down") == 1
+            assert metric(text, "relay_target_state", target=url, state="up") == 0
+            assert metric(text, "relay_target_probes", target=url) >= 1
+            status = relay.cli("status", "--json")
+            assert status.returncode == 1, status.stderr
+            assert json.loads(status.stdout)["state"] == "down"
+            check = relay.cli("check")
+            assert "FAIL  target health: down since" in check.stdout
+
+            standin.up()
+            wait_until(lambda: target()["state"] == "up", 30, "recovery")
+            wait_until(lambda: all(standin.delivery_count(i) == 1 for i in ids), 30, "drain")
+            status = relay.cli("status", "--json")
+            assert status.returncode == 0 and json.loads(status.stdout)["lastSuccessAt"]
+            changes = [
+                json.loads(line)
+                for line in relay.log().splitlines()
+                if "target_state_changed" in line
+            ]
+            assert [c["state"] for c in changes] == ["down", "up"]
