@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install install-test system-deps node-deps lint typecheck pytest bench clean
+.PHONY: run test install install-test system-deps node-deps lint typecheck alert-rules pytest bench clean
 
 $(BIN)/relay: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,8 @@ $(VENV)/.test-deps: pyproject.toml $(BIN)/relay
 install-test: $(VENV)/.test-deps
 
 ## Debian packages the tests drive: Chromium (console), podman/runc/debootstrap
-## (container smoke test), PostgreSQL (already on these images; installed if missing).
+## (container smoke test), PostgreSQL (already on these images; installed if missing),
+## promtool from Debian's prometheus package (the alert rules' tests).
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -39,6 +40,7 @@ system-deps:
 	command -v runc >/dev/null || missing="$$missing runc"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -61,11 +63,16 @@ typecheck: install-test node-deps
 	npm run --prefix examples/convex --silent typecheck
 	npm run --prefix emulator --silent typecheck
 
+## The Prometheus alert rules operators load (deploy/prometheus), against their unit tests.
+alert-rules: system-deps
+	promtool check rules deploy/prometheus/relay-alerts.yml
+	cd deploy/prometheus && promtool test rules relay-alerts.test.yml
+
 pytest: install-test node-deps system-deps
 	scripts/with-postgres.sh $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 ## The README's test command: what CI runs.
-test: lint typecheck pytest
+test: lint typecheck alert-rules pytest
 
 bench: install-test
 	$(BIN)/python bench/ingest.py

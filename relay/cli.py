@@ -173,7 +173,9 @@ def worker(once: bool, nice: int, low_priority: bool) -> None:
     if settings.metrics_port:  # a worker on its own has no web server to scrape
         from relay.metrics import serve_port
 
-        stop_metrics = serve_port(settings.metrics_port, store)
+        stop_metrics = serve_port(
+            settings.metrics_port, store, backlog_warn_s=settings.backlog_warn_s
+        )
     w.install_signal_handlers()
     w.run()
     if stop_metrics is not None:

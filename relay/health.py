@@ -64,5 +64,5 @@ def metrics_endpoint() -> Response:
     rt = runtime()
     if rt.settings.metrics_port is not None:
         raise NotFound()  # served on RELAY_METRICS_PORT only, not on the public port
-    data, content_type = metrics.render(rt.store)
+    data, content_type = metrics.render(rt.store, backlog_warn_s=rt.settings.backlog_warn_s)
     return Response(data, content_type=content_type)

@@ -55,8 +55,9 @@ ATTEMPT_SECONDS = Histogram(
 class StoreCollector(Collector):
     """Backlog gauges read from the store on each scrape."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, backlog_warn_s: float = 900.0) -> None:
         self.store = store
+        self.backlog_warn_s = backlog_warn_s
 
     def collect(self) -> Iterator[Metric]:
         counts = self.store.counts()
@@ -70,6 +71,11 @@ class StoreCollector(Collector):
             "relay_oldest_pending_age_seconds",
             "Age of the oldest pending event (0 when none).",
             value=0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000),
+        )
+        yield GaugeMetricFamily(
+            "relay_backlog_warn_seconds",
+            "RELAY_BACKLOG_WARN: the oldest pending age that should alert (see the rules).",
+            value=self.backlog_warn_s,
         )
         yield from _target_gauges(self.store.targets(), now_ms)
         beat = self.store.last_heartbeat_ms()
@@ -105,7 +111,9 @@ def _target_gauges(targets: list[TargetHealth], now_ms: float) -> Iterator[Metri
     yield from (state, since, probes)
 
 
-def registry(store: Store, multiprocess_dir: str | None = None) -> CollectorRegistry:
+def registry(
+    store: Store, multiprocess_dir: str | None = None, *, backlog_warn_s: float = 900.0
+) -> CollectorRegistry:
     """Every series /metrics shows: this process's counters (or, in multiprocess mode,
     every process's: ``multiprocess_dir``, by default ``PROMETHEUS_MULTIPROC_DIR``),
     plus the backlog gauges read from ``store``."""
@@ -116,7 +124,7 @@ def registry(store: Store, multiprocess_dir: str | None = None) -> CollectorRegi
         multiprocess.MultiProcessCollector(reg, path=multiprocess_dir)  # type: ignore[no-untyped-call]
     else:
         reg.register(_ThisProcess())
-    reg.register(StoreCollector(store))
+    reg.register(StoreCollector(store, backlog_warn_s))
     return reg
 
 
@@ -129,12 +137,18 @@ class _ThisProcess(Collector):
         yield from REGISTRY.collect()
 
 
-def render(store: Store) -> tuple[bytes, str]:
+def render(store: Store, *, backlog_warn_s: float = 900.0) -> tuple[bytes, str]:
     """The /metrics body and content type."""
-    return generate_latest(registry(store)), CONTENT_TYPE_LATEST
+    return generate_latest(registry(store, backlog_warn_s=backlog_warn_s)), CONTENT_TYPE_LATEST
 
 
-def serve_port(port: int, store: Store, multiprocess_dir: str | None = None) -> Callable[[], None]:
+def serve_port(
+    port: int,
+    store: Store,
+    multiprocess_dir: str | None = None,
+    *,
+    backlog_warn_s: float = 900.0,
+) -> Callable[[], None]:
     """Serve :func:`registry` on its own port (``RELAY_METRICS_PORT``) from a thread of
     this process; returns the function that stops it.
 
@@ -145,7 +159,9 @@ def serve_port(port: int, store: Store, multiprocess_dir: str | None = None) -> 
     from prometheus_client import start_http_server
 
     try:
-        server, thread = start_http_server(port, registry=registry(store, multiprocess_dir))
+        server, thread = start_http_server(
+            port, registry=registry(store, multiprocess_dir, backlog_warn_s=backlog_warn_s)
+        )
     except OSError as exc:
         raise ConfigError("RELAY_METRICS_PORT", f"cannot listen on port {port}: {exc}") from exc
 

@@ -60,7 +60,10 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     stop_metrics = None
     if settings.metrics_port:
         stop_metrics = metrics.serve_port(
-            settings.metrics_port, store, env["PROMETHEUS_MULTIPROC_DIR"]
+            settings.metrics_port,
+            store,
+            env["PROMETHEUS_MULTIPROC_DIR"],
+            backlog_warn_s=settings.backlog_warn_s,
         )
     worker_env = {k: v for k, v in env.items() if k != "RELAY_METRICS_PORT"}
 

@@ -171,3 +171,15 @@ def test_trusted_proxies_parse_and_default() -> None:
     """RELAY_TRUSTED_PROXIES is a small number of hops; 0 (trust none) by default."""
     assert parse().trusted_proxies == 0
     assert parse(RELAY_TRUSTED_PROXIES="1").trusted_proxies == 1
+
+
+def test_outage_settings_parse_and_default() -> None:
+    """The probe gap and the maximum pending age: defaults, durations, bounds."""
+    default = Settings.from_env({}, dotenv=False)
+    assert (default.probe_interval_max_s, default.max_pending_age_s) == (5.0, 7 * 86400.0)
+    s = Settings.from_env(
+        {"RELAY_PROBE_INTERVAL_MAX": "30s", "RELAY_MAX_PENDING_AGE": "14d"}, dotenv=False
+    )
+    assert (s.probe_interval_max_s, s.max_pending_age_s) == (30.0, 14 * 86400.0)
+    with pytest.raises(ConfigError, match="RELAY_PROBE_INTERVAL_MAX"):
+        Settings.from_env({"RELAY_PROBE_INTERVAL_MAX": "2h"}, dotenv=False)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from relay.check import sample_envelope
 from .factories import FORWARD_SECRET
 from .relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
 from .test_observability import metric
+
+ALERT_RULES = Path(__file__).parent.parent / "deploy" / "prometheus" / "relay-alerts.yml"
 
 
 def test_an_outage_is_visible_everywhere_and_ends_by_itself(tmp_path: Path) -> None:
@@ -45,6 +48,9 @@ def test_an_outage_is_visible_everywhere_and_ends_by_itself(tmp_path: Path) -> N
             assert metric(text, "relay_target_state", target=url, state="down") == 1
             assert metric(text, "relay_target_state", target=url, state="up") == 0
             assert metric(text, "relay_target_probes", target=url) >= 1
+            # Every series the shipped alert rules use is one the relay exports.
+            for name in set(re.findall(r"relay_[a-z_]+", ALERT_RULES.read_text())):
+                assert f"\n{name}" in text, name
             status = relay.cli("status", "--json")
             assert status.returncode == 1, status.stderr
             assert json.loads(status.stdout)["state"] == "down"
