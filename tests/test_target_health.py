@@ -242,3 +242,41 @@ def test_an_event_pending_past_the_maximum_age_fails_on_its_next_failure(
     assert old is not None and old.status == Status.FAILED
     assert "undelivered after" in (old.last_error or "")
     assert young is not None and young.status == Status.PENDING
+
+
+@pytest.mark.parametrize("outage_s", [60.0, 6 * 3600.0])
+def test_after_any_outage_the_next_probe_is_at_most_one_gap_away(
+    store: Store, outage_s: float
+) -> None:
+    """A 60 s and a 6 h outage on a scaled clock: probes back off to the maximum gap and
+    stay there, so whenever Convex returns, the next probe (which delivers) is at most
+    RELAY_PROBE_INTERVAL_MAX away; exactly one probe per gap is taken."""
+    from relay.target import Gate, TargetHealthTracker
+
+    STEP_S = 1.0
+    clock = [1_800_000_000.0]
+    tracker = TargetHealthTracker(
+        store, "https://x.convex.site/w", probe_interval_max_s=5.0, clock=lambda: clock[0]
+    )
+    store.set_target_state(
+        tracker.target, TargetState.DOWN, now_ms=tracker.now_ms(), probe_interval_ms=1000
+    )
+    start, probes, gaps = clock[0], 0, []
+    last_probe = start
+    while clock[0] - start < outage_s:
+        clock[0] += STEP_S
+        tracker._read_at = float("-inf")  # a scaled clock outruns the read cache
+        gate, _ = tracker.gate()
+        if gate is Gate.PROBE:
+            probes += 1
+            gaps.append(clock[0] - last_probe)
+            last_probe = clock[0]
+    assert max(gaps) <= 5.0 + STEP_S
+    assert probes <= outage_s / 1.0 + 1  # never more than one per (smallest) gap
+    recovered = clock[0]
+    while True:  # Convex is back: when is the next probe?
+        clock[0] += STEP_S
+        tracker._read_at = float("-inf")
+        if tracker.gate()[0] is Gate.PROBE:
+            break
+    assert clock[0] - recovered <= 5.0 + STEP_S
