@@ -123,3 +123,26 @@ def test_a_store_made_before_numbered_migrations_is_upgraded_in_place(tmp_path: 
     assert versions == [v for v, _ in MIGRATIONS]
     assert store.get("evt_old") is not None
     store.close()
+
+
+def test_a_purge_gives_the_space_back_to_the_file_system(tmp_path: Path) -> None:
+    """A new store uses incremental auto-vacuum: after purging most events the file is
+    smaller, not a file of free pages (the 2.3 GB-after-purge problem)."""
+    from relay.models import Attempt, Outcome, Status
+
+    store = SQLiteStore(tmp_path / "relay.db")
+    store.migrate()
+    padding = "x" * 4000
+    for i in range(2000):
+        store.insert(make_event(event_id=f"msg_{i:05d}", entity_id=f"user_{i}", note=padding))
+    while batch := store.claim("w", now_ms=1_800_000_000_000, lease_ms=60_000, limit=500):
+        done = Attempt(1_800_000_000_000, "t", 200, 1.0, "delivered")
+        store.complete_many("w", [(e.id, done, Outcome(Status.DELIVERED)) for e in batch])
+    store._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = (tmp_path / "relay.db").stat().st_size
+    assert store.purge(older_than_ms=1_800_000_000_000) == 2000
+    store._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    after = (tmp_path / "relay.db").stat().st_size
+    assert store._query("PRAGMA auto_vacuum")[0][0] == 2  # incremental
+    assert after < before / 4, (before, after)
+    store.close()

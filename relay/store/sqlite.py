@@ -183,8 +183,14 @@ class SQLiteStore(SQLStoreBase):
         return [r[0] for r in rows]
 
     def _reclaim_space(self) -> None:
-        with self._tx(immediate=True) as conn:
-            conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
+        conn = self._conn()
+        with self._writer.held():
+            try:
+                # sqlite3_exec steps the pragma to its end (execute() would free one page
+                # per call); it runs as its own transaction, outside any BEGIN.
+                conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from exc
 
     def notify(self, *, burst: bool = False) -> None:
         self._wake.send(burst=burst)
