@@ -111,15 +111,16 @@ class TargetHealthTracker:
                 log.error("target_health_read_failed", error=str(exc))
         return self._health
 
-    def gate(self) -> tuple[Gate, float]:
-        """Whether to claim, probe or wait; with the seconds until a probe may be due."""
+    def gate(self, *, idle: bool = True) -> tuple[Gate, float]:
+        """Whether to claim, probe or wait; with the seconds until a probe may be due.
+        A worker with attempts still in flight (``idle=False``) never takes the probe."""
         health = self.current()
         if health.state == TargetState.UP:
             return Gate.CLAIM, 0.0
         now_ms = self.now_ms()
         due_ms = health.next_probe_ms or now_ms
-        if due_ms > now_ms:
-            return Gate.WAIT, (due_ms - now_ms) / 1000
+        if due_ms > now_ms or not idle:
+            return Gate.WAIT, max(0.05, (due_ms - now_ms) / 1000)
         try:
             won = self.store.take_probe(
                 self.target, now_ms=now_ms, max_interval_ms=self.probe_max_ms

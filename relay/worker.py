@@ -192,8 +192,8 @@ class Worker:
             return
         if self._deferring():
             return
-        gate, self._gate_wait_s = self.health.gate()
-        if gate is Gate.WAIT or (gate is Gate.PROBE and busy):
+        gate, self._gate_wait_s = self.health.gate(idle=not busy)
+        if gate is Gate.WAIT:
             return
         limit = 1 if gate is Gate.PROBE else free
         self._last_claim = time.monotonic()

@@ -262,9 +262,10 @@ class SQLStoreBase:
                     ).fetchall()
                 ]
                 if seqs:
-                    conn.execute(
+                    conn.execute(  # re-checked: a row leased meanwhile keeps its lease's end
                         f"UPDATE events SET next_attempt_at = {ph}"
-                        f" WHERE seq IN ({', '.join([ph] * len(seqs))})",
+                        f" WHERE seq IN ({', '.join([ph] * len(seqs))})"
+                        " AND status = 'pending' AND lease_expires_at IS NULL",
                         (now_ms, *seqs),
                     )
             total += len(seqs)
