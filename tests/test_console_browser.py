@@ -158,7 +158,7 @@ def test_operator_replays_a_failed_event_in_the_browser(
     """Sign in, filter to failed, open the event, replay it, see it delivered, sign out."""
     sync_api = _require_browser()
     shots = DOCS if os.environ.get("RELAY_SCREENSHOTS") == "docs" else tmp_path
-    standin.fail_next(1, 400, body={"error": "Error occured"})
+    standin.fail_next(1, 400, body={"error": "Unrecognised event payload"})
     _send(
         relay_url,
         "user.updated",
