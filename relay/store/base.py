@@ -45,6 +45,35 @@ class SQLStoreBase:
     def _tx(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
 
+    def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
+        # Rounds of at most ordering.SCAN_BATCH rows, each its own short transaction
+        # (see relay.store.ordering for the rule and why this stays flat).
+        claimed: list[Event] = []
+        for _ in range(ordering.MAX_SCAN_ROUNDS):
+            with self._tx() as conn:
+                read, mine = self._claim_candidates(conn, now_ms)
+                if not read:
+                    break
+                keyed = [e.seq for e in mine if e.object_key is not None]
+                answers = self._claim_answers(conn, keyed, now_ms) if keyed else []
+                decision = ordering.decide(mine, answers, limit=limit - len(claimed))
+                ordering.apply(
+                    conn, self.PH, decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
+                )
+            claimed.extend(decision.lease)
+            if len(claimed) >= limit or not ordering.look_again(decision, read):
+                break
+        return claimed
+
+    def _claim_candidates(self, conn: Any, now_ms: int) -> tuple[int, list[Event]]:
+        """Due rows in claim order (at most ordering.SCAN_BATCH): how many were read, and
+        those this claim may decide about (a backend may leave some to another claim)."""
+        raise NotImplementedError
+
+    def _claim_answers(self, conn: Any, seqs: list[int], now_ms: int) -> list[Any]:
+        """:func:`relay.store.ordering.decision_query` rows for these candidates."""
+        raise NotImplementedError
+
     def complete(self, event_id: str, worker_id: str, attempt: Attempt, outcome: Outcome) -> bool:
         return self.complete_many(worker_id, [(event_id, attempt, outcome)])[0]
 

@@ -5,20 +5,22 @@ the constructor, because gunicorn forks after loading the app; a pool inherited
 across a fork is abandoned and a new one opened in the child.
 
 Claims must be safe between machines, so they cannot lean on a process lock as
-SQLite does. A claim is one transaction that:
+SQLite does. Each claim round (see :mod:`relay.store.ordering` for the rule) is one
+transaction that:
 
-1. selects due, unleased, unblocked candidates ``FOR UPDATE SKIP LOCKED`` (two
-   claimers never lease the same row);
+1. selects due, unleased candidates ``FOR UPDATE SKIP LOCKED`` (two claimers never
+   lease the same row);
 2. takes a transaction-level advisory lock per candidate's object, skipping
-   candidates whose object another claim is working on right now;
-3. re-checks blocked-ness with a fresh snapshot, because the first snapshot cannot
-   see a lease that another claim had not yet committed (an older event inserted
-   or replayed meanwhile would otherwise be leased beside a newer one);
-4. supersedes stale upserts and leases the rest, then commits (releasing the locks).
+   candidates whose object another claim or a completion is working on right now;
+3. asks, in one statement with a fresh snapshot, each candidate's head, whether its
+   object has an event leased, and whether a newer event was delivered: the first
+   snapshot cannot see a lease another claim had not yet committed;
+4. parks, supersedes, unparks and leases, then commits (releasing the locks).
 
-Any claim that leases an event of object X holds X's lock until it commits, and
-any later claim re-checks X after taking that lock, so it sees the lease: one
-object is never in flight twice, on any number of workers.
+Completions and releases take the same per-object locks (blocking, in lock-key order)
+before they unpark an object's next head, so a park and an unpark of one object never
+interleave: one object is never in flight twice, and never stuck, on any number of
+workers.
 
 Wake-ups use ``LISTEN/NOTIFY`` on the channel :data:`CHANNEL`.
 """
@@ -176,51 +178,37 @@ class PostgresStore(SQLStoreBase):
                 with contextlib.suppress(psycopg.Error):
                     conn.autocommit = False
 
-    def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
-        claimed: list[Event] = []
-        for _ in range(ordering.MAX_SCAN_ROUNDS):  # one short transaction each
-            with self._tx() as conn:
-                rows = conn.execute(
-                    f"SELECT {sql.EVENT_COLUMNS} FROM events"
-                    " WHERE status = 'pending' AND next_attempt_at <= %(now)s"
-                    " AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
-                    " ORDER BY next_attempt_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-                    {"now": now_ms, "limit": ordering.SCAN_BATCH},
-                ).fetchall()
-                if not rows:
-                    break
-                candidates = [sql.row_to_event(r) for r in rows]
-                keys = sorted({e.object_key for e in candidates if e.object_key is not None})
-                locked: set[str] = set()
-                if keys:
-                    locked = {
-                        k
-                        for (k,) in conn.execute(
-                            "SELECT k FROM unnest(%s::text[]) AS k"
-                            " WHERE pg_try_advisory_xact_lock(%s, hashtext(k))",
-                            (keys, OBJECT_LOCK_CLASS),
-                        )
-                    }
-                # Objects another claim or completion is working on are left for later.
-                mine = [e for e in candidates if e.object_key is None or e.object_key in locked]
-                keyed = [e.seq for e in mine if e.object_key is not None]
-                # A new statement takes a new snapshot: it sees every lease and park
-                # committed before we took the object locks above.
-                answers = (
-                    conn.execute(
-                        ordering.decision_query("= ANY(%s)", "%s"), (now_ms, keyed)
-                    ).fetchall()
-                    if keyed
-                    else []
+    def _claim_candidates(
+        self, conn: psycopg.Connection[Any], now_ms: int
+    ) -> tuple[int, list[Event]]:
+        rows = conn.execute(
+            f"SELECT {sql.EVENT_COLUMNS} FROM events"
+            " WHERE status = 'pending' AND next_attempt_at <= %(now)s"
+            " AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
+            " ORDER BY next_attempt_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+            {"now": now_ms, "limit": ordering.SCAN_BATCH},
+        ).fetchall()
+        candidates = [sql.row_to_event(r) for r in rows]
+        keys = sorted({e.object_key for e in candidates if e.object_key is not None})
+        locked: set[str] = set()
+        if keys:
+            locked = {
+                k
+                for (k,) in conn.execute(
+                    "SELECT k FROM unnest(%s::text[]) AS k"
+                    " WHERE pg_try_advisory_xact_lock(%s, hashtext(k))",
+                    (keys, OBJECT_LOCK_CLASS),
                 )
-                decision = ordering.decide(mine, answers, limit=limit - len(claimed))
-                ordering.apply(
-                    conn, "%s", decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
-                )
-            claimed.extend(decision.lease)
-            if len(claimed) >= limit or not ordering.look_again(decision, len(rows)):
-                break
-        return claimed
+            }
+        # Objects another claim or completion is working on are left for later.
+        return len(rows), [e for e in candidates if e.object_key is None or e.object_key in locked]
+
+    def _claim_answers(
+        self, conn: psycopg.Connection[Any], seqs: list[int], now_ms: int
+    ) -> list[Any]:
+        # A new statement takes a new snapshot: it sees every lease and park committed
+        # before we took the object locks above.
+        return conn.execute(ordering.decision_query("= ANY(%s)", "%s"), (now_ms, seqs)).fetchall()
 
     def _lock_objects(self, conn: Any, event_ids: Sequence[str]) -> None:
         # Blocking, in one order (by lock key): two completions never deadlock, and a

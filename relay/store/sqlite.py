@@ -139,31 +139,13 @@ class SQLiteStore(SQLStoreBase):
                 for e in events
             ]
 
-    def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
-        claimed: list[Event] = []
-        for _ in range(ordering.MAX_SCAN_ROUNDS):  # one short write transaction each
-            with self._tx() as conn:
-                rows = conn.execute(_CANDIDATES, (now_ms, now_ms, ordering.SCAN_BATCH)).fetchall()
-                if not rows:
-                    break
-                candidates = [sql.row_to_event(r) for r in rows]
-                keyed = [e.seq for e in candidates if e.object_key is not None]
-                answers = (
-                    conn.execute(
-                        ordering.decision_query(f"IN ({_marks(len(keyed))})", "?"),
-                        (now_ms, *keyed),
-                    ).fetchall()
-                    if keyed
-                    else []
-                )
-                decision = ordering.decide(candidates, answers, limit=limit - len(claimed))
-                ordering.apply(
-                    conn, "?", decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
-                )
-            claimed.extend(decision.lease)
-            if len(claimed) >= limit or not ordering.look_again(decision, len(rows)):
-                break
-        return claimed
+    def _claim_candidates(self, conn: sqlite3.Connection, now_ms: int) -> tuple[int, list[Event]]:
+        rows = conn.execute(_CANDIDATES, (now_ms, now_ms, ordering.SCAN_BATCH)).fetchall()
+        return len(rows), [sql.row_to_event(r) for r in rows]
+
+    def _claim_answers(self, conn: sqlite3.Connection, seqs: list[int], now_ms: int) -> list[Any]:
+        query = ordering.decision_query(f"IN ({_marks(len(seqs))})", "?")
+        return conn.execute(query, (now_ms, *seqs)).fetchall()
 
     def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
         where, params = sql.filter_clause(flt, "?")
