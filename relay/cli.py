@@ -415,6 +415,22 @@ def migrate_store_cmd(source: str, dest: str) -> None:
     )
 
 
+@main.command()
+@click.option(
+    "--objects",
+    help="Comma-separated kinds: users,organizations,memberships "
+    "(default: every kind this configuration delivers).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the differences; queue nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handles_errors
+def reconcile(objects: str | None, dry_run: bool, as_json: bool) -> None:
+    """Bring Convex up to date with Clerk: queue what is missing, stale or deleted."""
+    from relay.reconcile_cli import run_reconcile
+
+    sys.exit(run_reconcile(_settings(), objects, dry_run=dry_run, as_json=as_json))
+
+
 @main.group()
 def db() -> None:
     """Database schema commands."""

@@ -28,6 +28,16 @@ class Status(StrEnum):
     SUPERSEDED = "superseded"
 
 
+#: Ids of events queued by ``relay reconcile`` start with this (Svix's start with ``msg_``),
+#: which is how every listing tells them from webhooks without a column of its own.
+RECONCILE_ID_PREFIX = "reconcile_"
+
+
+def source_of(event_id: str) -> str:
+    """Where an event came from: ``"reconcile"`` (``relay reconcile``) or ``"webhook"``."""
+    return "reconcile" if event_id.startswith(RECONCILE_ID_PREFIX) else "webhook"
+
+
 #: Statuses ``relay purge`` may delete: the event needs nothing more.
 PURGEABLE = frozenset({Status.DELIVERED, Status.SKIPPED, Status.SUPERSEDED})
 
@@ -189,6 +199,11 @@ class Event:
         """``(ord_at, ord_upd)`` as the store keeps them (see :func:`order_key`)."""
         return order_key(self.type, self.occurred_at_ms, self.received_at_ms, self.updated_at_ms)
 
+    @property
+    def source(self) -> str:
+        """``"webhook"`` or ``"reconcile"`` (see :func:`source_of`)."""
+        return source_of(self.id)
+
     def envelope(self) -> dict[str, Any]:
         """The parsed body. Ingest checked it is a JSON object, so this cannot fail."""
         value = json.loads(self.body)
@@ -209,6 +224,7 @@ class Event:
             "nextAttemptAt": self.next_attempt_at_ms,
             "lastError": self.last_error,
             "deliveredAt": self.delivered_at_ms,
+            "source": self.source,
         }
         if with_attempts:
             out["attempts"] = [a.to_dict() for a in self.attempts]
