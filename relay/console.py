@@ -140,7 +140,15 @@ def _age(seconds: float) -> str:
 def _known_secrets() -> list[str]:
     s = runtime().settings
     return [
-        x for x in (*s.webhook_secrets, s.forward_secret, s.convex_deploy_key, s.admin_token) if x
+        x
+        for x in (
+            *s.webhook_secrets,
+            s.forward_secret,
+            s.convex_deploy_key,
+            s.admin_token,
+            s.clerk_secret_key,
+        )
+        if x
     ]
 
 
