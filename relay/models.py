@@ -258,3 +258,42 @@ class Outcome:
     status: Status
     next_attempt_at_ms: int | None = None
     error: str | None = None
+
+
+class RunStatus(StrEnum):
+    """Where a reconcile run is: asked for (admin API), running, or finished."""
+
+    REQUESTED = "requested"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileRun:
+    """One ``relay reconcile`` run as its history keeps it (``id`` None until saved)."""
+
+    id: int | None
+    trigger: str  # "cli", "schedule" or "admin"
+    dry_run: bool
+    status: RunStatus
+    requested_at_ms: int
+    started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    #: The per-kind counts (``{"users": {"clerk": n, ...}}``) once finished.
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The admin API's shape."""
+        return {
+            "id": self.id,
+            "trigger": self.trigger,
+            "dryRun": self.dry_run,
+            "status": str(self.status),
+            "requestedAt": self.requested_at_ms,
+            "startedAt": self.started_at_ms,
+            "finishedAt": self.finished_at_ms,
+            "summary": self.summary,
+            "error": self.error,
+        }

@@ -23,7 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from relay.models import Attempt, Event, EventFilter, NewEvent, Outcome, Page
+from relay.models import (
+    Attempt,
+    Event,
+    EventFilter,
+    NewEvent,
+    Outcome,
+    Page,
+    ReconcileRun,
+    RunStatus,
+)
 
 
 class Store(Protocol):
@@ -97,6 +106,19 @@ class Store(Protocol):
 
     def import_event(self, event: Event, attempts: list[Attempt]) -> bool:
         """Insert an exported event as it is (status, counters, attempts); False if present."""
+
+    def acquire_lease(self, name: str, owner: str, *, now_ms: int, ttl_ms: int) -> bool:
+        """Take or renew the lease ``name`` until ``now_ms + ttl_ms``; False while another
+        owner holds it unexpired (exactly one of several callers wins)."""
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it."""
+
+    def save_reconcile_run(self, run: ReconcileRun) -> int:
+        """Insert (``run.id`` None) or update a reconcile run; returns its id."""
+
+    def reconcile_runs(self, *, limit: int, status: RunStatus | None = None) -> list[ReconcileRun]:
+        """Reconcile runs, newest first, optionally only those in ``status``."""
 
     def ping(self) -> None:
         """Raise :class:`~relay.errors.StoreError` unless the database answers."""

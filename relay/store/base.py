@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 
 from relay.models import Attempt, Event, EventFilter, Outcome, Page, Status
 from relay.store import sql
+from relay.store.runs import RunsAndLeases
 
 
-class SQLStoreBase:
-    """Shared read verbs and the heartbeat for SQL backends."""
+class SQLStoreBase(RunsAndLeases):
+    """Shared read verbs, the heartbeat, reconcile history and leases for SQL backends."""
 
     PH: ClassVar[str]
 

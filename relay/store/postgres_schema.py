@@ -77,6 +77,30 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             WHERE status = 'pending' AND lease_expires_at IS NOT NULL;
         """,
     ),
+    # Steps 3 and 4 belong to other changes in flight; gaps are fine (each step is
+    # recorded by number).
+    (
+        5,
+        # relay reconcile: its run history, and the lease that lets exactly one worker
+        # run the scheduled reconcile (relay/store/runs.py).
+        """
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at BIGINT NOT NULL
+        );
+        CREATE TABLE reconcile_runs (
+            id BIGSERIAL PRIMARY KEY,
+            trigger TEXT NOT NULL,
+            dry_run BOOLEAN NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('requested', 'running', 'done', 'failed')),
+            requested_at BIGINT NOT NULL,
+            started_at BIGINT,
+            finished_at BIGINT,
+            summary TEXT,
+            error TEXT
+        );
+        CREATE INDEX reconcile_runs_status ON reconcile_runs (status, id);
+        """,
+    ),
 )
 
 
