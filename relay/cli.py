@@ -174,8 +174,15 @@ def worker(once: bool, nice: int, low_priority: bool) -> None:
         from relay.metrics import serve_port
 
         stop_metrics = serve_port(settings.metrics_port, store)
+    stop_reconciles = None
+    if settings.clerk_secret_key:  # scheduled (RELAY_RECONCILE_EVERY) and requested runs
+        from relay.reconcile_schedule import ReconcileScheduler
+
+        stop_reconciles = ReconcileScheduler(settings, store, owner=w.worker_id).start()
     w.install_signal_handlers()
     w.run()
+    if stop_reconciles is not None:
+        stop_reconciles()
     if stop_metrics is not None:
         stop_metrics()
     store.close()

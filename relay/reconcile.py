@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from relay.clerk_api import ClerkAPI, JSONObject
+from relay.clerk_api import ClerkAPI, JSONObject, RateLimiter
 from relay.convex_state import ConvexState, StateRow
 from relay.errors import ConfigError, ConvexQueryError
 from relay.models import RECONCILE_ID_PREFIX, NewEvent, Status, to_ms
@@ -183,6 +184,31 @@ class Reconciler:
         self.scratch_dir = scratch_dir
         #: Things the operator should know (e.g. deletions could not be detected).
         self.notes: list[str] = []
+        #: Seconds per phase (``users: convex``, ``users: clerk``, ``users: confirm``).
+        self.phase_s: dict[str, float] = {}
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, store: Store, *, now_ms: Callable[[], int], dry_run: bool
+    ) -> Reconciler:
+        """Clients for ``CLERK_API_URL`` and, when it can be read, Convex's state."""
+        settings.require_clerk_api()
+        assert settings.clerk_secret_key is not None  # noqa: S101 - required just above
+        clerk = ClerkAPI(
+            settings.clerk_api_url,
+            settings.clerk_secret_key,
+            limiter=RateLimiter(settings.clerk_rate_per_s),
+        )
+        convex = None
+        if settings.convex_url and settings.convex_deploy_key:
+            convex = ConvexState(settings.convex_url, settings.convex_deploy_key)
+        return cls(store, clerk, convex, now_ms=now_ms, dry_run=dry_run)
+
+    def close(self) -> None:
+        """Close the HTTP clients (the store is the caller's)."""
+        self.clerk.close()
+        if self.convex is not None:
+            self.convex.close()
 
     def run(self, kinds: Sequence[Kind]) -> dict[str, Counts]:
         """Reconcile each kind in turn (users first: a user's deletion drops its memberships)."""
@@ -195,6 +221,7 @@ class Reconciler:
     def _reconcile(self, kind: Kind, index: ReconcileIndex) -> Counts:
         counts = Counts()
         convex = self.convex
+        started = time.monotonic()
         if convex is not None:
             # Convex first: everything it lists existed in Clerk before Clerk's list
             # was read, so "not listed" means deleted since (or skipped by paging,
@@ -212,9 +239,12 @@ class Reconciler:
                     "not detected; examples/convex ships the query"
                 )
                 convex = None
+        listed = time.monotonic()
+        self.phase_s[f"{kind.name}: convex"] = listed - started
         for page in self._clerk_pages(kind):
             self._clerk_page(kind, page, index, counts, read_convex=convex is not None)
             self.on_progress(kind.name, counts.clerk)
+        self.phase_s[f"{kind.name}: clerk"] = time.monotonic() - listed
         if convex is not None:
             counts.gone = 0
             for rows in index.unseen(kind.name):
@@ -224,6 +254,9 @@ class Reconciler:
                     counts.gone += 1
                     self.on_diff(kind.name, "gone", row.clerk_id)
                     self._queue(deleted_event(kind, row.clerk_id, now_ms=self.now_ms()), counts)
+            self.phase_s[f"{kind.name}: confirm"] = (
+                time.monotonic() - listed - (self.phase_s[f"{kind.name}: clerk"])
+            )
         return counts
 
     def _clerk_page(

@@ -16,10 +16,11 @@ from typing import Any
 
 import click
 
-from relay.clerk_api import ClerkAPI, RateLimiter
-from relay.convex_state import ConvexState
+from relay.clerk_api import ClerkAPI
 from relay.errors import ClerkAPIError, ConvexQueryError, StoreError
-from relay.reconcile import Counts, Kind, Reconciler, kinds_for
+from relay.models import ReconcileRun, RunStatus
+from relay.reconcile import Counts, Reconciler, kinds_for
+from relay.reconcile_schedule import execute
 from relay.settings import Settings
 from relay.store import open_store
 
@@ -31,37 +32,23 @@ NO_STATE_NOTE = (
 
 
 def run_reconcile(settings: Settings, objects: str | None, *, dry_run: bool, as_json: bool) -> int:
-    """Run one reconcile and print its result; the process exit code."""
+    """Run one reconcile, record it in the run history, print its result; the exit code."""
     settings.require_clerk_api()
     settings.require_delivery()
     kinds = kinds_for(settings, objects)
-    assert settings.clerk_secret_key is not None  # noqa: S101 - required just above
-    clerk = ClerkAPI(
-        settings.clerk_api_url,
-        settings.clerk_secret_key,
-        limiter=RateLimiter(settings.clerk_rate_per_s),
-    )
-    convex = None
-    if settings.can_read_convex:
-        assert settings.convex_url and settings.convex_deploy_key  # noqa: S101 - just checked
-        convex = ConvexState(settings.convex_url, settings.convex_deploy_key)
     # Reconcile events are not promised to anyone: a crash before they reach the disk
     # is undone by running again, so the outbox need not wait for the disk per event.
     store = open_store(settings.database_url, sync_commits=False)
-    bar = _Progress(clerk, kinds, enabled=sys.stderr.isatty() and not as_json)
-    reconciler = Reconciler(
-        store,
-        clerk,
-        convex,
-        now_ms=lambda: int(time.time() * 1000),
-        dry_run=dry_run,
-        on_diff=_print_diff if dry_run and not as_json else None,
-        on_progress=bar.update,
-    )
+    reconciler = Reconciler.from_settings(settings, store, now_ms=_now_ms, dry_run=dry_run)
+    bar = _Progress(reconciler.clerk, enabled=sys.stderr.isatty() and not as_json)
+    reconciler.on_progress = bar.update
+    if dry_run and not as_json:
+        reconciler.on_diff = _print_diff
     started = time.monotonic()
     try:
         store.migrate()
-        result = reconciler.run(kinds)
+        run = ReconcileRun(None, "cli", dry_run, RunStatus.REQUESTED, _now_ms())
+        _, result = execute(store, reconciler, run, kinds, raise_errors=True)
     except ClerkAPIError as exc:
         bar.close()
         click.echo(f"Clerk API error: {exc}", err=True)
@@ -71,21 +58,26 @@ def run_reconcile(settings: Settings, objects: str | None, *, dry_run: bool, as_
         click.echo(f"reconcile failed: {exc}", err=True)
         return 1
     finally:
-        clerk.close()
-        if convex is not None:
-            convex.close()
         store.close()
     bar.close()
+    assert result is not None  # noqa: S101 - execute raised otherwise
+    clerk, convex = reconciler.clerk, reconciler.convex
     notes = ([] if convex is not None else [NO_STATE_NOTE]) + reconciler.notes
     _print_summary(result, notes, dry_run=dry_run, as_json=as_json)
     # On stderr, so --json stays one object per kind; the benchmark reads this line.
     click.echo(
         f"reconcile took {time.monotonic() - started:.1f}s: {clerk.requests} Clerk request(s) "
         f"({clerk.throttled} answered 429), {convex.requests if convex else 0} Convex "
-        f"quer(ies), {clerk.limiter.waited_s:.1f}s waiting for the rate limit",
+        f"quer(ies), {clerk.limiter.waited_s:.1f}s waiting for the rate limit ("
+        + ", ".join(f"{phase} {s:.1f}s" for phase, s in reconciler.phase_s.items())
+        + ")",
         err=True,
     )
     return 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _print_diff(kind: str, what: str, clerk_id: str) -> None:
@@ -114,7 +106,7 @@ def _print_summary(
 class _Progress:
     """A progress bar per kind on a terminal (stderr), nothing otherwise."""
 
-    def __init__(self, clerk: ClerkAPI, kinds: list[Kind], *, enabled: bool) -> None:
+    def __init__(self, clerk: ClerkAPI, *, enabled: bool) -> None:
         self._clerk = clerk
         self._enabled = enabled
         self._bar: Any = None

@@ -109,6 +109,9 @@ class Settings:
     clerk_api_url: str = DEFAULT_CLERK_API_URL
     #: Ceiling on requests per second to Clerk's Backend API (never exceeded, 429 or not).
     clerk_rate_per_s: float = DEFAULT_CLERK_RATE_PER_S
+    #: Run a reconcile this often from the delivery workers (one at a time, by lease);
+    #: None: only when asked (CLI, admin API).
+    reconcile_every_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -401,4 +404,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         kw["clerk_api_url"] = _url("CLERK_API_URL", v, DEFAULT_CLERK_API_URL)
     if v := get("RELAY_CLERK_RATE"):
         kw["clerk_rate_per_s"] = parse_rate_per_s("RELAY_CLERK_RATE", v)
+    if v := get("RELAY_RECONCILE_EVERY"):
+        every_s = parse_duration_s("RELAY_RECONCILE_EVERY", v)
+        if every_s < 60:
+            raise ConfigError("RELAY_RECONCILE_EVERY", "must be at least 1m", "24h")
+        kw["reconcile_every_s"] = every_s
     return Settings(**kw)  # type: ignore[arg-type]

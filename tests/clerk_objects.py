@@ -43,13 +43,21 @@ def clerk_user(
         "two_factor_enabled": False,
         "totp_enabled": False,
         "backup_code_enabled": False,
+        "mfa_enabled_at": None,
+        "mfa_disabled_at": None,
         "email_addresses": [
             {
                 "id": address_id,
                 "object": "email_address",
                 "email_address": email,
                 "reserved": False,
-                "verification": {"status": "verified", "strategy": "email_code", "attempts": 1},
+                "verification": {
+                    "object": "verification_otp",
+                    "status": "verified",
+                    "strategy": "email_code",
+                    "attempts": 1,
+                    "expire_at": created + 600_000,
+                },
                 "linked_to": [],
                 "matches_sso_connection": False,
                 "created_at": created,

@@ -90,6 +90,13 @@ def test_json_summary_without_convex_state(env: dict[str, str | None]) -> None:
     assert "CONVEX_DEPLOY_KEY" in result.stderr
     again = json.loads(run(env, "reconcile", "--json", "--objects", "users").stdout)
     assert again["users"]["queued"] == 0
+    from relay.store.sqlite import SQLiteStore
+
+    store = SQLiteStore.from_url(str(env["RELAY_DATABASE_URL"]))
+    history = store.reconcile_runs(limit=5)
+    store.close()
+    assert [(r.trigger, str(r.status)) for r in history] == [("cli", "done"), ("cli", "done")]
+    assert history[1].summary == summary
 
 
 def test_queued_events_are_listed_with_their_source(env: dict[str, str | None]) -> None:
