@@ -100,3 +100,34 @@ def test_the_token_is_required(client: FlaskClient) -> None:
     """Both routes are behind the admin bearer token."""
     assert client.get("/admin/reconcile").status_code == 401
     assert client.post("/admin/reconcile").status_code == 401
+
+
+def test_the_console_page_lists_runs_and_requests_one(reconcile_settings: Settings) -> None:
+    """Signed in: the page says nothing ran yet; a dry-run button press requests one."""
+    from .test_console import csrf, signed_in
+
+    client = signed_in(create_app(reconcile_settings))
+    page = client.get("/admin/reconcile-runs").get_data(as_text=True)
+    assert "No reconcile has run yet" in page and "Runs every 24h" in page
+    token = csrf(client, "/admin/reconcile-runs")
+    response = client.post(
+        "/admin/reconcile-runs", data={"csrf_token": token, "dry_run": "1"}, follow_redirects=True
+    )
+    page = response.get_data(as_text=True)
+    assert "Dry run requested" in page
+    assert "admin (dry run)" in page and "requested" in page
+    again = client.post(
+        "/admin/reconcile-runs", data={"csrf_token": token, "dry_run": "0"}, follow_redirects=True
+    )
+    assert "already waiting" in again.get_data(as_text=True)
+    forged = client.post("/admin/reconcile-runs", data={"dry_run": "0"})
+    assert forged.status_code == 400  # csrf_failed
+
+
+def test_the_console_page_says_when_reconcile_is_off(tmp_path: Path) -> None:
+    """Without CLERK_SECRET_KEY the page explains how to turn reconcile on; no buttons."""
+    from .test_console import signed_in
+
+    page = signed_in(create_app(admin_settings(tmp_path))).get("/admin/reconcile-runs")
+    text = page.get_data(as_text=True)
+    assert "Reconcile is off" in text and "Run now" not in text
