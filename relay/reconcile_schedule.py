@@ -34,8 +34,9 @@ LEASE_NAME = "reconcile"
 #: at least every :data:`RENEW_EVERY_MS`.
 LEASE_TTL_MS = 10 * 60_000
 RENEW_EVERY_MS = 30_000
-#: How often a worker looks for due or requested runs.
+#: How often a worker looks for due or requested runs (the first time soon after start).
 CHECK_EVERY_S = 15.0
+FIRST_CHECK_AFTER_S = 1.0
 #: Runs looked at to find the newest full (not dry) run.
 _HISTORY = 50
 
@@ -169,11 +170,17 @@ class ReconcileScheduler:
         """Check in a daemon thread until the returned function is called."""
 
         def loop() -> None:
-            while not self._stop.wait(self.check_every_s):
+            # The first check comes soon after start: a schedule that is due (or never
+            # ran) should not wait a whole interval after every deploy.
+            delay = min(self.check_every_s, FIRST_CHECK_AFTER_S)
+            while not self._stop.wait(delay):
+                delay = self.check_every_s
                 try:
-                    self.tick()
+                    finished = self.tick()
                 except Exception:  # one bad check must not end the schedule
                     log.exception("reconcile_check_failed")
+                else:
+                    log.debug("reconcile_checked", owner=self.owner, ran=finished is not None)
 
         thread = threading.Thread(target=loop, name="reconcile-scheduler", daemon=True)
         thread.start()

@@ -377,3 +377,46 @@ def test_webhooks_during_a_run_win_on_the_official_template_too(
     assert sent.is_set()
     table = [(d["externalId"], d["name"]) for d in official_convex_emulator.tables("users")]
     assert table == [("user_a", "A3 Lovelace")]
+
+
+def test_a_schedule_with_several_workers_reconciles_exactly_once(
+    tmp_path: Path, clerk: ClerkEmulator, emulator: ConvexEmulator
+) -> None:
+    """RELAY_RECONCILE_EVERY=24h, relay serve plus another relay worker: one run, by lease,
+    and Convex ends with Clerk's users without anyone running the command."""
+    emulator.reset()
+    people = [clerk_user(f"user_{i:02d}", updated_at=T0 + i) for i in range(30)]
+    clerk.put_users(people)
+    env = relay_env(
+        tmp_path,
+        CONVEX_URL=emulator.url,
+        CONVEX_DEPLOY_KEY=ADMIN_KEY,
+        CLERK_SECRET_KEY=SECRET_KEY,
+        CLERK_API_URL=clerk.url,
+        RELAY_CLERK_RATE="1000",
+        RELAY_RECONCILE_EVERY="24h",
+        LOG_LEVEL="debug",
+    )
+    with RelayProcess(tmp_path, env) as serve, RelayProcess(tmp_path, env, ("worker",)) as worker:
+        store = serve.open_store()
+        try:
+            wait_until(
+                lambda: [str(r.status) for r in store.reconcile_runs(limit=5)] == ["done"],
+                60,
+                "the scheduled run",
+            )
+            # Both workers have made their first check (one ran it, one found it held or done).
+            wait_until(
+                lambda: "reconcile_checked" in serve.log() and "reconcile_checked" in worker.log(),
+                60,
+                "both workers to check",
+            )
+            relay = Relay(serve, store)
+            relay.settle()
+            [run] = store.reconcile_runs(limit=5)
+            assert run.trigger == "schedule" and run.summary is not None
+            assert run.summary["users"]["queued"] == 30
+        finally:
+            store.close()
+    assert len(clerk.listed("/users")) == 1
+    assert convex_state(emulator)["users"] == [user_row(p) for p in people]
