@@ -383,7 +383,8 @@ def test_a_schedule_with_several_workers_reconciles_exactly_once(
     tmp_path: Path, clerk: ClerkEmulator, emulator: ConvexEmulator
 ) -> None:
     """RELAY_RECONCILE_EVERY=24h, relay serve plus another relay worker: one run, by lease,
-    and Convex ends with Clerk's users without anyone running the command."""
+    Convex ends with Clerk's users without anyone running the command, and the secret
+    key appears in no log."""
     emulator.reset()
     people = [clerk_user(f"user_{i:02d}", updated_at=T0 + i) for i in range(30)]
     clerk.put_users(people)
@@ -416,6 +417,9 @@ def test_a_schedule_with_several_workers_reconciles_exactly_once(
             [run] = store.reconcile_runs(limit=5)
             assert run.trigger == "schedule" and run.summary is not None
             assert run.summary["users"]["queued"] == 30
+            # The key is a secret: no log line of either process carries it.
+            assert SECRET_KEY not in serve.log() + worker.log()
+            assert "reconcile_finished" in serve.log() + worker.log()
         finally:
             store.close()
     assert len(clerk.listed("/users")) == 1
