@@ -29,6 +29,7 @@ from relay.reconcile import (
     upsert_event,
 )
 from relay.settings import Settings
+from relay.store import Store
 from relay.store.sqlite import SQLiteStore
 
 from .clerk_emulator import SECRET_KEY, ClerkEmulator, Logged
@@ -37,6 +38,7 @@ from .clerk_objects import T0, clerk_user, envelope
 from .convex_emulator import ADMIN_KEY, ConvexEmulator
 from .convex_emulator import convex_emulator_fixture as convex_emulator_fixture
 from .convex_emulator import official_convex_emulator_fixture as official_convex_emulator_fixture
+from .postgres_server import fresh_schema
 
 USERS = KINDS["users"]
 NOW = T0 + 10_000_000
@@ -135,16 +137,26 @@ def clerk() -> Iterator[ClerkEmulator]:
         yield emulator
 
 
-@pytest.fixture
-def sqlite(tmp_path: Path) -> Iterator[SQLiteStore]:
-    store = SQLiteStore.from_url(f"sqlite:///{tmp_path / 'relay.db'}")
-    store.migrate()
-    yield store
-    store.close()
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A real SQLite file, and a real PostgreSQL schema (under scripts/with-postgres.sh)."""
+    if request.param == "sqlite":
+        s: Store = SQLiteStore.from_url(f"sqlite:///{tmp_path / 'relay.db'}")
+        s.migrate()
+        yield s
+        s.close()
+        return
+    from relay.store.postgres import PostgresStore
+
+    with fresh_schema() as url:
+        s = PostgresStore(url)
+        s.migrate()
+        yield s
+        s.close()
 
 
 def reconciler(
-    store: SQLiteStore,
+    store: Store,
     clerk: ClerkEmulator,
     convex: ConvexEmulator | None,
     *,
@@ -186,15 +198,15 @@ def seed(clerk: ClerkEmulator, convex: ConvexEmulator, n: int = 40) -> dict[str,
 
 
 def test_a_run_finds_and_queues_exactly_the_differences(
-    clerk: ClerkEmulator, convex_emulator: ConvexEmulator, sqlite: SQLiteStore
+    clerk: ClerkEmulator, convex_emulator: ConvexEmulator, store: Store
 ) -> None:
     """Missing and stale users become user.updated, gone ones user.deleted; counts exact."""
     expect = seed(clerk, convex_emulator)
     diffs: list[tuple[str, str, str]] = []
-    result = reconciler(sqlite, clerk, convex_emulator, diffs=diffs).run([USERS])
+    result = reconciler(store, clerk, convex_emulator, diffs=diffs).run([USERS])
     assert result == {"users": Counts(clerk=40, convex=30, missing=12, stale=4, gone=2, queued=18)}
     assert {(w, i) for _, w, i in diffs} == {(w, i) for w, ids in expect.items() for i in ids}
-    stored = sqlite.list_events(EventFilter(), limit=100).events
+    stored = store.list_events(EventFilter(), limit=100).events
     assert {e.entity_id for e in stored if e.type == "user.updated"} == (
         expect["missing"] | expect["stale"]
     )
@@ -208,29 +220,29 @@ def test_a_run_finds_and_queues_exactly_the_differences(
 
 
 def test_a_second_run_queues_nothing_new(
-    clerk: ClerkEmulator, convex_emulator: ConvexEmulator, sqlite: SQLiteStore
+    clerk: ClerkEmulator, convex_emulator: ConvexEmulator, store: Store
 ) -> None:
     """Re-running before delivery finds the same differences and queues none of them again."""
     seed(clerk, convex_emulator)
-    first = reconciler(sqlite, clerk, convex_emulator).run([USERS])["users"]
-    second = reconciler(sqlite, clerk, convex_emulator).run([USERS])["users"]
+    first = reconciler(store, clerk, convex_emulator).run([USERS])["users"]
+    second = reconciler(store, clerk, convex_emulator).run([USERS])["users"]
     assert first.queued == 18
     assert (second.missing, second.stale, second.gone, second.queued) == (12, 4, 2, 0)
-    assert len(sqlite.list_events(EventFilter(), limit=100).events) == 18
+    assert len(store.list_events(EventFilter(), limit=100).events) == 18
 
 
 def test_a_dry_run_reports_and_queues_nothing(
-    clerk: ClerkEmulator, convex_emulator: ConvexEmulator, sqlite: SQLiteStore
+    clerk: ClerkEmulator, convex_emulator: ConvexEmulator, store: Store
 ) -> None:
     """--dry-run: the same counts, nothing in the outbox."""
     seed(clerk, convex_emulator)
-    result = reconciler(sqlite, clerk, convex_emulator, dry_run=True).run([USERS])["users"]
+    result = reconciler(store, clerk, convex_emulator, dry_run=True).run([USERS])["users"]
     assert (result.missing, result.stale, result.gone, result.queued) == (12, 4, 2, 0)
-    assert sqlite.list_events(EventFilter(), limit=10).events == []
+    assert store.list_events(EventFilter(), limit=10).events == []
 
 
 def test_a_user_created_after_its_list_page_is_never_deleted(
-    clerk: ClerkEmulator, convex_emulator: ConvexEmulator, sqlite: SQLiteStore
+    clerk: ClerkEmulator, convex_emulator: ConvexEmulator, store: Store
 ) -> None:
     """In Convex but not in the listing: GET /users/{id} answers 200, so no deletion."""
     clerk.put_user(clerk_user("user_old", updated_at=T0))
@@ -243,17 +255,17 @@ def test_a_user_created_after_its_list_page_is_never_deleted(
             clerk.put_user(newcomer)
 
     clerk.on_request(create_after_listing)
-    result = reconciler(sqlite, clerk, convex_emulator).run([USERS])["users"]
+    result = reconciler(store, clerk, convex_emulator).run([USERS])["users"]
     assert (result.clerk, result.convex, result.gone, result.queued) == (1, 2, 0, 0)
     assert any(r.path == "/users/user_new" and r.status == 200 for r in clerk.requests)
 
 
 def test_without_convex_state_every_clerk_object_is_upserted(
-    clerk: ClerkEmulator, sqlite: SQLiteStore
+    clerk: ClerkEmulator, store: Store
 ) -> None:
     """No deploy key: Convex's side is unknown (null), everything is queued once."""
     clerk.put_users(clerk_user(f"user_{i}", updated_at=T0 + i) for i in range(7))
-    result = reconciler(sqlite, clerk, None).run([USERS])["users"]
+    result = reconciler(store, clerk, None).run([USERS])["users"]
     assert result.to_dict() == {
         "clerk": 7,
         "convex": None,
@@ -262,15 +274,15 @@ def test_without_convex_state_every_clerk_object_is_upserted(
         "gone": None,
         "queued": 7,
     }
-    assert reconciler(sqlite, clerk, None).run([USERS])["users"].queued == 0
+    assert reconciler(store, clerk, None).run([USERS])["users"].queued == 0
 
 
 def test_a_deployment_without_the_state_query_falls_back_to_upserts(
-    clerk: ClerkEmulator, official_convex_emulator: ConvexEmulator, sqlite: SQLiteStore
+    clerk: ClerkEmulator, official_convex_emulator: ConvexEmulator, store: Store
 ) -> None:
     """The official template has no users:syncState: upsert everything, say so."""
     clerk.put_users(clerk_user(f"user_{i}", updated_at=T0 + i) for i in range(3))
-    run = reconciler(sqlite, clerk, official_convex_emulator)
+    run = reconciler(store, clerk, official_convex_emulator)
     result = run.run([USERS])["users"]
     assert (result.convex, result.gone, result.queued) == (None, None, 3)
     assert any("users:syncState" in note for note in run.notes)
