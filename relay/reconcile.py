@@ -244,7 +244,8 @@ class Reconciler:
         for page in self._clerk_pages(kind):
             self._clerk_page(kind, page, index, counts, read_convex=convex is not None)
             self.on_progress(kind.name, counts.clerk)
-        self.phase_s[f"{kind.name}: clerk"] = time.monotonic() - listed
+        confirming = time.monotonic()
+        self.phase_s[f"{kind.name}: clerk"] = confirming - listed
         if convex is not None:
             counts.gone = 0
             for rows in index.unseen(kind.name):
@@ -254,9 +255,7 @@ class Reconciler:
                     counts.gone += 1
                     self.on_diff(kind.name, "gone", row.clerk_id)
                     self._queue(deleted_event(kind, row.clerk_id, now_ms=self.now_ms()), counts)
-            self.phase_s[f"{kind.name}: confirm"] = (
-                time.monotonic() - listed - (self.phase_s[f"{kind.name}: clerk"])
-            )
+            self.phase_s[f"{kind.name}: confirm"] = time.monotonic() - confirming
         return counts
 
     def _clerk_page(
