@@ -21,6 +21,7 @@ import { parseArgs } from "node:util";
 register("./resolve-hooks.mjs", import.meta.url);
 
 const { convexTest } = await import("convex-test");
+const { jsonToConvex } = await import("convex/values");
 const { FunctionsFolder, faults, calls } = await import("./functions.ts");
 const { callFunction, exportValue, nextRequestId, transportError } = await import("./functionApi.ts");
 type Reply = import("./functionApi.ts").Reply;
@@ -162,6 +163,14 @@ async function testControl(method: string, path: string, raw: Buffer): Promise<R
   if (table !== null && method === "GET") {
     const docs = await t.run(async (ctx) => await ctx.db.query(table[1] as never).collect());
     return { status: 200, body: exportValue(docs as never, "json") };
+  }
+  if (table !== null && method === "POST") {
+    // Bulk seeding (benchmarks): insert the given documents as they are, no functions run.
+    if (!Array.isArray(json)) return transportError(400, "BadJsonBody", "Expected a JSON array of documents");
+    await t.run(async (ctx) => {
+      for (const doc of json) await ctx.db.insert(table[1] as never, jsonToConvex(doc) as never);
+    });
+    return { status: 200, body: { inserted: json.length } };
   }
   if (path === "/_test/reset" && method === "POST") {
     t = newDeployment();

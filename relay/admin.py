@@ -4,6 +4,8 @@ JSON in, JSON out, ``Authorization: Bearer <token>`` on every route but the Open
 document (``relay/openapi.json``, served at ``/admin/openapi.json``). Events are in
 exactly the shape of ``relay events --json`` (:meth:`Event.to_dict`). The replay verbs
 here are shared with the console, so both refuse the same things for the same reasons.
+``/admin/reconcile`` lists reconcile runs and asks the workers for one (they run it:
+a web request never waits minutes for Clerk).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from flask import Blueprint, Flask, Response, g, jsonify, request
 from relay import adminauth
 from relay.adminquery import parse_filter, parse_list_query
 from relay.errors import BadRequest, Conflict, NotFound, Unauthorized
-from relay.models import Event, EventFilter, Status
+from relay.models import Event, EventFilter, ReconcileRun, RunStatus, Status
 from relay.settings import Settings
 from relay.store import Store
 from relay.store.sql import replayable_statuses
@@ -201,6 +203,43 @@ def replay_filtered() -> Response:
         return jsonify({"wouldQueue": len(matching_ids(store, flt, force=force))})
     queued = replay_selection(store, flt, force=force)
     return jsonify({"queued": len(queued), "ids": queued})
+
+
+@bp.get("/reconcile")
+def reconcile_runs() -> Response:
+    """The latest reconcile runs, newest first."""
+    settings = runtime().settings
+    runs = runtime().store.reconcile_runs(limit=RECONCILE_RUNS_SHOWN)
+    return jsonify(
+        {
+            "runs": [r.to_dict() for r in runs],
+            "configured": bool(settings.clerk_secret_key),
+            "everySeconds": settings.reconcile_every_s,
+        }
+    )
+
+
+@bp.post("/reconcile")
+def request_reconcile() -> tuple[Response, int]:
+    """Ask the workers for a reconcile run (``{"dryRun": true}`` to only report)."""
+    body = _json_body(allowed={"dryRun"})
+    run = ask_for_reconcile(runtime().store, runtime().settings, dry_run=_flag(body, "dryRun"))
+    return jsonify(run.to_dict()), 202
+
+
+#: Runs the API and the console list.
+RECONCILE_RUNS_SHOWN = 20
+
+
+def ask_for_reconcile(store: Store, settings: Settings, *, dry_run: bool) -> ReconcileRun:
+    """Record a requested run for the workers (shared with the console)."""
+    from relay.reconcile_schedule import request_run
+
+    if not settings.clerk_secret_key:
+        raise Conflict("reconcile is off: set CLERK_SECRET_KEY (and run a relay worker)")
+    if store.reconcile_runs(limit=1, status=RunStatus.REQUESTED):
+        raise Conflict("a requested reconcile is already waiting for a worker")
+    return request_run(store, dry_run=dry_run, now_ms=now_ms())
 
 
 def _json_body(*, allowed: set[str]) -> dict[str, Any]:

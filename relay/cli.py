@@ -176,8 +176,15 @@ def worker(once: bool, nice: int, low_priority: bool) -> None:
         stop_metrics = serve_port(
             settings.metrics_port, store, backlog_warn_s=settings.backlog_warn_s
         )
+    stop_reconciles = None
+    if settings.clerk_secret_key:  # scheduled (RELAY_RECONCILE_EVERY) and requested runs
+        from relay.reconcile_schedule import ReconcileScheduler
+
+        stop_reconciles = ReconcileScheduler(settings, store, owner=w.worker_id).start()
     w.install_signal_handlers()
     w.run()
+    if stop_reconciles is not None:
+        stop_reconciles()
     if stop_metrics is not None:
         stop_metrics()
     store.close()
@@ -437,6 +444,22 @@ def migrate_store_cmd(source: str, dest: str) -> None:
         f"(with {report.attempts_copied} attempts), already present "
         f"{report.already_present}"
     )
+
+
+@main.command()
+@click.option(
+    "--objects",
+    help="Comma-separated kinds: users,organizations,memberships "
+    "(default: every kind this configuration delivers).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the differences; queue nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handles_errors
+def reconcile(objects: str | None, dry_run: bool, as_json: bool) -> None:
+    """Bring Convex up to date with Clerk: queue what is missing, stale or deleted."""
+    from relay.reconcile_cli import run_reconcile
+
+    sys.exit(run_reconcile(_settings(), objects, dry_run=dry_run, as_json=as_json))
 
 
 @main.group()

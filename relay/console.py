@@ -3,7 +3,8 @@
 Sign in with the admin token -> a signed, HttpOnly, SameSite=Strict session cookie
 (see :mod:`relay.adminauth`). Every POST form carries the session's CSRF token.
 Pages list events with counts and filters, show one event with its attempts and a
-redacted payload, and replay one event or a filtered selection after confirmation.
+redacted payload, and replay one event or a filtered selection after confirmation;
+one lists reconcile runs and asks the workers for a run or a dry run.
 Nothing secret is rendered: payloads and errors pass through :mod:`relay.redact`.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -28,9 +30,16 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
 from relay import adminauth
-from relay.admin import limiter, matching_ids, replay_one, replay_selection
+from relay.admin import (
+    RECONCILE_RUNS_SHOWN,
+    ask_for_reconcile,
+    limiter,
+    matching_ids,
+    replay_one,
+    replay_selection,
+)
 from relay.adminquery import parse_filter, parse_list_query
-from relay.errors import HTTPError, NotFound
+from relay.errors import Conflict, HTTPError, NotFound
 from relay.models import Event, EventFilter, Status, TargetState
 from relay.redact import redact, redact_text
 from relay.settings import Settings
@@ -148,7 +157,15 @@ def _age(seconds: float) -> str:
 def _known_secrets() -> list[str]:
     s = runtime().settings
     return [
-        x for x in (*s.webhook_secrets, s.forward_secret, s.convex_deploy_key, s.admin_token) if x
+        x
+        for x in (
+            *s.webhook_secrets,
+            s.forward_secret,
+            s.convex_deploy_key,
+            s.admin_token,
+            s.clerk_secret_key,
+        )
+        if x
     ]
 
 
@@ -284,6 +301,32 @@ def bulk_replay() -> Response | str:
     queued = replay_selection(store, flt, force=force)
     flash(f"Queued {len(queued)} event(s) for delivery.")
     return redirect(url_for("console.events") + "?" + urlencode(list(filters.items(multi=True))))
+
+
+@bp.route("/reconcile-runs", methods=["GET", "POST"])
+def reconcile_runs() -> Response | str:
+    """GET: the last reconcile runs and their counts. POST: ask the workers for a run."""
+    store, settings = runtime().store, runtime().settings
+    if request.method == "POST":
+        dry_run = request.form.get("dry_run") == "1"
+        try:
+            ask_for_reconcile(store, settings, dry_run=dry_run)
+        except Conflict as exc:
+            flash(exc.detail)
+        else:
+            flash(f"{'Dry run' if dry_run else 'Run'} requested: a delivery worker starts it soon.")
+        return redirect(url_for("console.reconcile_runs"))
+    every = settings.reconcile_every_s
+    return render_template(
+        "reconcile.html",
+        runs=[
+            replace(r, error=_safe(r.error))
+            for r in store.reconcile_runs(limit=RECONCILE_RUNS_SHOWN)
+        ],
+        configured=bool(settings.clerk_secret_key),
+        every=None if every is None else _age(every),
+        kinds=("users", "organizations", "memberships"),
+    )
 
 
 def _selection(filters: MultiDict[str, str]) -> EventFilter:

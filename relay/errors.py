@@ -14,7 +14,9 @@
     │   ├── TooManyRequests   429   admin token guessed too often
     │   └── StoreUnavailable  503   the store could not commit; nothing was acknowledged
     ├── StoreError                  the store failed (disk full, locked, connection lost)
-    └── UnsafeValueError            a payload cannot be made a valid Convex value
+    ├── UnsafeValueError            a payload cannot be made a valid Convex value
+    ├── ClerkAPIError               Clerk's Backend API refused or kept failing (reconcile)
+    └── ConvexQueryError            Convex's state could not be read (reconcile)
 
 Errors that reach HTTP, and routing's own 404/405, are rendered by ``relay.web`` as
 ``{"error": <short code>, "detail": <sentence>}``.
@@ -121,3 +123,20 @@ class UnsafeValueError(RelayError):
         self.reason = reason
         self.path = path
         super().__init__(f"{reason} at {path or '<root>'}")
+
+
+class ClerkAPIError(RelayError):
+    """Raised when Clerk's Backend API answers an error, or keeps failing past the retries."""
+
+    def __init__(self, detail: str, *, status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(detail)
+
+
+class ConvexQueryError(RelayError):
+    """Raised when a Convex state query fails (transport error or a function error)."""
+
+    def __init__(self, detail: str, *, missing_function: bool = False) -> None:
+        #: The deployment has no such query (e.g. Convex's official template).
+        self.missing_function = missing_function
+        super().__init__(detail)

@@ -28,6 +28,16 @@ class Status(StrEnum):
     SUPERSEDED = "superseded"
 
 
+#: Ids of events queued by ``relay reconcile`` start with this (Svix's start with ``msg_``),
+#: which is how every listing tells them from webhooks without a column of its own.
+RECONCILE_ID_PREFIX = "reconcile_"
+
+
+def source_of(event_id: str) -> str:
+    """Where an event came from: ``"reconcile"`` (``relay reconcile``) or ``"webhook"``."""
+    return "reconcile" if event_id.startswith(RECONCILE_ID_PREFIX) else "webhook"
+
+
 #: Statuses ``relay purge`` may delete: the event needs nothing more.
 PURGEABLE = frozenset({Status.DELIVERED, Status.SKIPPED, Status.SUPERSEDED})
 
@@ -189,6 +199,11 @@ class Event:
         """``(ord_at, ord_upd)`` as the store keeps them (see :func:`order_key`)."""
         return order_key(self.type, self.occurred_at_ms, self.received_at_ms, self.updated_at_ms)
 
+    @property
+    def source(self) -> str:
+        """``"webhook"`` or ``"reconcile"`` (see :func:`source_of`)."""
+        return source_of(self.id)
+
     def envelope(self) -> dict[str, Any]:
         """The parsed body. Ingest checked it is a JSON object, so this cannot fail."""
         value = json.loads(self.body)
@@ -209,6 +224,7 @@ class Event:
             "nextAttemptAt": self.next_attempt_at_ms,
             "lastError": self.last_error,
             "deliveredAt": self.delivered_at_ms,
+            "source": self.source,
         }
         if with_attempts:
             out["attempts"] = [a.to_dict() for a in self.attempts]
@@ -278,4 +294,43 @@ class TargetHealth:
             "reason": self.reason,
             "probes": self.probe_count,
             "nextProbeAt": self.next_probe_ms,
+        }
+
+
+class RunStatus(StrEnum):
+    """Where a reconcile run is: asked for (admin API), running, or finished."""
+
+    REQUESTED = "requested"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileRun:
+    """One ``relay reconcile`` run as its history keeps it (``id`` None until saved)."""
+
+    id: int | None
+    trigger: str  # "cli", "schedule" or "admin"
+    dry_run: bool
+    status: RunStatus
+    requested_at_ms: int
+    started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    #: The per-kind counts (``{"users": {"clerk": n, ...}}``) once finished.
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The admin API's shape."""
+        return {
+            "id": self.id,
+            "trigger": self.trigger,
+            "dryRun": self.dry_run,
+            "status": str(self.status),
+            "requestedAt": self.requested_at_ms,
+            "startedAt": self.started_at_ms,
+            "finishedAt": self.finished_at_ms,
+            "summary": self.summary,
+            "error": self.error,
         }

@@ -51,6 +51,12 @@ _SIZE_UNITS = {
     "mb": 1000**2,
 }
 _SECRET_RE = re.compile(r"^whsec_[A-Za-z0-9+/=]{8,}$")
+_CLERK_KEY_RE = re.compile(r"^sk_(test|live)_[A-Za-z0-9]{8,}$")
+#: Clerk's Backend API (the seed guide's default; tests point CLERK_API_URL at an emulator).
+DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
+#: Requests per second to Clerk's Backend API: 90 per 10 s, under the 100 per 10 s a
+#: development instance allows (production allows 1,000; raise RELAY_CLERK_RATE there).
+DEFAULT_CLERK_RATE_PER_S = 9.0
 _FUNCTION_RE = re.compile(r"^[A-Za-z0-9_/.\-]+:[A-Za-z_][A-Za-z0-9_]*$")
 _INCLUDABLE = frozenset({"private_metadata", "event_attributes", "unsafe_metadata"})
 
@@ -105,6 +111,14 @@ class Settings:
     #: An event still undelivered this long after it arrived fails at its next failed
     #: attempt, whatever the reason (Svix itself gives up on an endpoint after 5 days).
     max_pending_age_s: float = 7 * 86400.0
+    #: Clerk Backend API secret key (``sk_test_``/``sk_live_``): only ``relay reconcile``.
+    clerk_secret_key: str | None = field(default=None, repr=False)
+    clerk_api_url: str = DEFAULT_CLERK_API_URL
+    #: Ceiling on requests per second to Clerk's Backend API (never exceeded, 429 or not).
+    clerk_rate_per_s: float = DEFAULT_CLERK_RATE_PER_S
+    #: Run a reconcile this often from the delivery workers (one at a time, by lease);
+    #: None: only when asked (CLI, admin API).
+    reconcile_every_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.routes:
@@ -182,12 +196,35 @@ class Settings:
                     "prod:happy-otter-123|eyJ2...",
                 )
 
+    def require_clerk_api(self) -> None:
+        """Raise unless this process can read Clerk's Backend API (``relay reconcile``)."""
+        if not self.clerk_secret_key:
+            raise ConfigError(
+                "CLERK_SECRET_KEY",
+                "is required to read users from Clerk's Backend API "
+                "(Clerk dashboard -> API Keys -> Secret keys)",
+                "sk_test_...",
+            )
+
+    @property
+    def can_read_convex(self) -> bool:
+        """Whether Convex's state can be queried (function API URL and deploy key)."""
+        return bool(self.convex_url and self.convex_deploy_key)
+
     @property
     def target_url(self) -> str:
         """Where deliveries go, for logs and the attempts log (no secrets in it)."""
         if self.target == "http-action":
             return f"{(self.convex_site_url or '').rstrip('/')}{self.convex_webhook_path}"
         return f"{(self.convex_url or '').rstrip('/')}/api/mutation"
+
+    def delivers(self, event_type: str) -> bool:
+        """Whether events of this type are delivered (else stored as ``skipped``)."""
+        from relay.models import matches_any
+
+        if not matches_any(event_type, self.events):
+            return False
+        return self.target != "mutation" or self.route_for(event_type) is not None
 
     def route_for(self, event_type: str) -> str | None:
         """The Convex function an event type goes to on the mutation target, if any."""
@@ -205,6 +242,19 @@ def parse_duration_s(variable: str, text: str) -> float:
     if not m:
         raise ConfigError(variable, f"{text!r} is not a duration", "10s")
     return float(m.group(1)) * _DURATION_UNITS_S[m.group(2) or "s"]
+
+
+def parse_rate_per_s(variable: str, text: str) -> float:
+    """``90/10s`` (requests per duration) or ``9`` (per second), as requests per second."""
+    count, sep, per = text.partition("/")
+    try:
+        n = float(count)
+    except ValueError:
+        raise ConfigError(variable, f"{text!r} is not a rate", "90/10s") from None
+    window_s = parse_duration_s(variable, per) if sep else 1.0
+    if n <= 0 or window_s <= 0:
+        raise ConfigError(variable, "must be positive", "90/10s")
+    return n / window_s
 
 
 def parse_size(variable: str, text: str) -> int:
@@ -356,4 +406,20 @@ def _parse(env: Mapping[str, str]) -> Settings:
             raise ConfigError("RELAY_PROBE_INTERVAL_MAX", "must be from 1ms to 1h", "5s")
     if v := get("RELAY_MAX_PENDING_AGE"):
         kw["max_pending_age_s"] = parse_duration_s("RELAY_MAX_PENDING_AGE", v)
+    if v := get("CLERK_SECRET_KEY"):
+        if not _CLERK_KEY_RE.match(v):
+            # Never echo the value: it may be a real key with a typo.
+            raise ConfigError(
+                "CLERK_SECRET_KEY", "must look like sk_test_... or sk_live_...", "sk_test_..."
+            )
+        kw["clerk_secret_key"] = v
+    if v := get("CLERK_API_URL"):
+        kw["clerk_api_url"] = _url("CLERK_API_URL", v, DEFAULT_CLERK_API_URL)
+    if v := get("RELAY_CLERK_RATE"):
+        kw["clerk_rate_per_s"] = parse_rate_per_s("RELAY_CLERK_RATE", v)
+    if v := get("RELAY_RECONCILE_EVERY"):
+        every_s = parse_duration_s("RELAY_RECONCILE_EVERY", v)
+        if every_s < 60:
+            raise ConfigError("RELAY_RECONCILE_EVERY", "must be at least 1m", "24h")
+        kw["reconcile_every_s"] = every_s
     return Settings(**kw)  # type: ignore[arg-type]

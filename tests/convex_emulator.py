@@ -161,6 +161,10 @@ class ConvexEmulator:
         """Every document of table ``name``."""
         return self._control("GET", f"/_test/tables/{name}")  # type: ignore[no-any-return]
 
+    def insert(self, name: str, documents: list[dict[str, Any]]) -> None:
+        """Insert documents into table ``name`` as they are (no function runs)."""
+        self._control("POST", f"/_test/tables/{name}", documents)
+
     def reset(self) -> None:
         """Empty the database and clear faults and call counts (env stays)."""
         self._control("POST", "/_test/reset")

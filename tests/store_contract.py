@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from relay.models import Attempt, EventFilter, Outcome, Status
+from relay.models import Attempt, EventFilter, Outcome, ReconcileRun, RunStatus, Status
 from relay.store import Store
 
 from .factories import make_event
@@ -434,3 +434,59 @@ class StoreContract:
         """ping() returns when the database answers."""
         store.ping()
         assert store.counts()["pending"] == 0
+
+    # -- reconcile history and leases (relay/store/runs.py) ------------------------------
+
+    def test_a_lease_has_one_holder_until_it_expires(self, store: Store) -> None:
+        """Only one owner holds a name; it may renew; another takes it once it expired."""
+        assert store.acquire_lease("reconcile", "w1", now_ms=NOW, ttl_ms=1000)
+        assert not store.acquire_lease("reconcile", "w2", now_ms=NOW + 999, ttl_ms=1000)
+        assert store.acquire_lease("reconcile", "w1", now_ms=NOW + 500, ttl_ms=1000)  # renew
+        assert not store.acquire_lease("reconcile", "w2", now_ms=NOW + 1499, ttl_ms=1000)
+        assert store.acquire_lease("reconcile", "w2", now_ms=NOW + 1500, ttl_ms=1000)
+        assert not store.acquire_lease("reconcile", "w1", now_ms=NOW + 1600, ttl_ms=1000)
+        assert store.acquire_lease("other", "w1", now_ms=NOW, ttl_ms=1000)  # names are apart
+
+    def test_a_released_lease_is_free_and_only_its_holder_can_release(self, store: Store) -> None:
+        """release_lease by a non-holder changes nothing; by the holder frees the name."""
+        assert store.acquire_lease("reconcile", "w1", now_ms=NOW, ttl_ms=60_000)
+        store.release_lease("reconcile", "w2")
+        assert not store.acquire_lease("reconcile", "w2", now_ms=NOW, ttl_ms=60_000)
+        store.release_lease("reconcile", "w1")
+        assert store.acquire_lease("reconcile", "w2", now_ms=NOW, ttl_ms=60_000)
+
+    def test_concurrent_lease_requests_have_exactly_one_winner(self, store: Store) -> None:
+        """Eight threads asking at the same instant: exactly one gets the lease."""
+        results: list[bool] = []
+        barrier = threading.Barrier(8)
+
+        def ask(owner: str) -> None:
+            barrier.wait()
+            results.append(store.acquire_lease("reconcile", owner, now_ms=NOW, ttl_ms=60_000))
+
+        threads = [threading.Thread(target=ask, args=(f"w{i}",)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [False] * 7 + [True]
+
+    def test_reconcile_runs_are_saved_updated_and_listed_newest_first(self, store: Store) -> None:
+        """A run is inserted, updated in place, and listed newest first, by status too."""
+        first = ReconcileRun(None, "cli", False, RunStatus.RUNNING, NOW, started_at_ms=NOW)
+        run_id = store.save_reconcile_run(first)
+        summary = {"users": {"clerk": 3, "convex": 2, "missing": 1, "stale": 0, "gone": 0}}
+        done = ReconcileRun(
+            run_id, "cli", False, RunStatus.DONE, NOW, NOW, NOW + 9, summary=summary
+        )
+        assert store.save_reconcile_run(done) == run_id
+        asked = store.save_reconcile_run(
+            ReconcileRun(None, "admin", True, RunStatus.REQUESTED, NOW)
+        )
+        assert asked != run_id
+        runs = store.reconcile_runs(limit=10)
+        assert [r.id for r in runs] == [asked, run_id]
+        assert runs[1] == done
+        assert runs[0].dry_run is True and runs[0].summary is None
+        assert [r.id for r in store.reconcile_runs(limit=10, status=RunStatus.REQUESTED)] == [asked]
+        assert store.reconcile_runs(limit=1) == [runs[0]]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from relay.settings import DEFAULT_RETRY_SCHEDULE_S, Settings, parse_duration_s, parse_size
+from relay.settings import (
+    DEFAULT_RETRY_SCHEDULE_S,
+    Settings,
+    parse_duration_s,
+    parse_rate_per_s,
+    parse_size,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -45,6 +51,8 @@ def test_documented_defaults_match_the_code() -> None:
     assert table["CONVEX_WEBHOOK_PATH"][0] == f"`{s.convex_webhook_path}`"
     assert table["RELAY_PAYLOAD"][0] == f"`{s.payload}`"
     assert parse_duration_s("x", table["RELAY_BACKLOG_WARN"][0].strip("`")) == s.backlog_warn_s
+    assert table["CLERK_API_URL"][0] == f"`{s.clerk_api_url}`"
+    assert parse_rate_per_s("x", table["RELAY_CLERK_RATE"][0].strip("`")) == s.clerk_rate_per_s
     schedule = table["RELAY_RETRY_SCHEDULE"][0].strip("`").split(",")
     assert tuple(parse_duration_s("x", p) for p in schedule) == DEFAULT_RETRY_SCHEDULE_S
 

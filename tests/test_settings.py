@@ -183,3 +183,54 @@ def test_outage_settings_parse_and_default() -> None:
     assert (s.probe_interval_max_s, s.max_pending_age_s) == (30.0, 14 * 86400.0)
     with pytest.raises(ConfigError, match="RELAY_PROBE_INTERVAL_MAX"):
         Settings.from_env({"RELAY_PROBE_INTERVAL_MAX": "2h"}, dotenv=False)
+
+
+CLERK_KEY = "sk_test_" + "Zx9" * 12
+
+
+def test_reconcile_settings_default_to_clerks_api_under_the_development_limit() -> None:
+    """Without reconcile variables: Clerk's URL, 9 requests/s (under 100 per 10 s), no key."""
+    s = parse()
+    assert s.clerk_secret_key is None
+    assert s.clerk_api_url == "https://api.clerk.com/v1"
+    assert s.clerk_rate_per_s == 9.0
+    with pytest.raises(ConfigError) as err:
+        s.require_clerk_api()
+    assert err.value.variable == "CLERK_SECRET_KEY"
+
+
+@pytest.mark.parametrize(
+    ("text", "per_s"), [("90/10s", 9.0), ("1000/10s", 100.0), ("5", 5.0), ("60/1m", 1.0)]
+)
+def test_clerk_rate_is_requests_per_duration(text: str, per_s: float) -> None:
+    """RELAY_CLERK_RATE reads `N/duration` or a bare per-second number."""
+    assert parse(RELAY_CLERK_RATE=text).clerk_rate_per_s == per_s
+
+
+@pytest.mark.parametrize("text", ["fast", "0/10s", "10/never", "-1"])
+def test_a_bad_clerk_rate_is_named(text: str) -> None:
+    """A rate that is not positive or not readable stops start-up, naming the variable."""
+    with pytest.raises(ConfigError) as err:
+        parse(RELAY_CLERK_RATE=text)
+    assert err.value.variable == "RELAY_CLERK_RATE"
+
+
+def test_clerk_secret_key_is_checked_and_never_shown() -> None:
+    """CLERK_SECRET_KEY must look like sk_test_/sk_live_; neither repr nor errors show it."""
+    s = parse(CLERK_SECRET_KEY=CLERK_KEY, CLERK_API_URL="http://127.0.0.1:9/v1/")
+    assert s.clerk_secret_key == CLERK_KEY
+    assert s.clerk_api_url == "http://127.0.0.1:9/v1"
+    assert CLERK_KEY not in repr(s)
+    typo = "pk_test_" + "Zx9" * 12
+    with pytest.raises(ConfigError) as err:
+        parse(CLERK_SECRET_KEY=typo)
+    assert err.value.variable == "CLERK_SECRET_KEY"
+    assert typo not in str(err.value)
+
+
+def test_delivers_follows_events_and_routes() -> None:
+    """Only types a configuration delivers count as delivered (others are stored skipped)."""
+    http = parse(RELAY_EVENTS="user.*")
+    assert http.delivers("user.updated") and not http.delivers("organization.updated")
+    mutation = parse(CONVEX_SITE_URL="", CONVEX_URL="https://x.convex.cloud")
+    assert mutation.delivers("user.updated") and not mutation.delivers("organization.updated")

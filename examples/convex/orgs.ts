@@ -10,7 +10,7 @@
  *   organizationMembership.created,organizationMembership.updated=orgs:upsertMembership;
  *   organizationMembership.deleted=orgs:deleteMembership
  */
-import { internalMutation } from "./_generated/server";
+import { internalMutation, internalQuery } from "./_generated/server";
 import {
   deletedAt,
   incoming,
@@ -21,7 +21,15 @@ import {
   syncArgs,
   versionOf,
 } from "./clerkPayload";
-import { claimEvent, deleteSynced, isDeleted, upsertSynced } from "./sync";
+import {
+  claimEvent,
+  deleteSynced,
+  isDeleted,
+  syncStateArgs,
+  syncStatePage,
+  syncStatePageOf,
+  upsertSynced,
+} from "./sync";
 
 /** organization.created / organization.updated */
 export const upsertOrganization = internalMutation({
@@ -92,4 +100,20 @@ export const deleteMembership = internalMutation({
     const id = requireId(event.entityId, "orgs:deleteMembership");
     return await deleteSynced(ctx, "memberships", "membership", id, deletedAt(event, Date.now()));
   },
+});
+
+/** Organizations' Clerk ids and versions, a page at a time (for `relay reconcile`). */
+export const organizationSyncState = internalQuery({
+  args: syncStateArgs,
+  returns: syncStatePage,
+  handler: async (ctx, { paginationOpts }) =>
+    await syncStatePageOf(ctx, "organizations", paginationOpts),
+});
+
+/** Memberships' Clerk ids, versions and organizations, a page at a time (for `relay reconcile`). */
+export const membershipSyncState = internalQuery({
+  args: syncStateArgs,
+  returns: syncStatePage,
+  handler: async (ctx, { paginationOpts }) =>
+    await syncStatePageOf(ctx, "memberships", paginationOpts),
 });

@@ -3,9 +3,10 @@
  * orgs.ts. Everything here runs inside the calling mutation, so the dedupe
  * check, the tombstone check and the write commit (or roll back) together.
  */
-import type { WithoutSystemFields } from "convex/server";
+import { paginationOptsValidator, type PaginationOptions, type WithoutSystemFields } from "convex/server";
+import { v } from "convex/values";
 import type { Doc } from "./_generated/dataModel";
-import type { MutationCtx } from "./_generated/server";
+import type { MutationCtx, QueryCtx } from "./_generated/server";
 import type { Incoming, Outcome } from "./clerkPayload";
 
 type Kind = Doc<"tombstones">["kind"];
@@ -97,4 +98,48 @@ async function findSynced(
     .query(table as "users")
     .withIndex("byExternalId", (q) => q.eq("externalId", externalId))
     .unique();
+}
+
+/** Args of the `*SyncState` queries: Convex's standard pagination options. */
+export const syncStateArgs = { paginationOpts: paginationOptsValidator };
+
+/** One synced row as `relay reconcile` compares it with Clerk. */
+export const syncStateRow = v.object({
+  clerkId: v.string(),
+  updatedAt: v.number(), // Clerk's `updated_at` (ms) of the stored version
+  deleted: v.boolean(), // true for a soft-deleted row (treated as absent)
+  orgId: v.optional(v.string()), // memberships: the organization, to confirm a removal
+});
+
+/** A page of `syncStateRow`s, in the shape of Convex's own pagination results. */
+export const syncStatePage = v.object({
+  page: v.array(syncStateRow),
+  isDone: v.boolean(),
+  continueCursor: v.string(),
+});
+
+/**
+ * One page of a synced table for `relay reconcile` (called on /api/query with
+ * a deploy key): just the Clerk id and version of each row, so a page of
+ * thousands of rows stays far below Convex's read limits.
+ */
+export async function syncStatePageOf(
+  ctx: QueryCtx,
+  table: SyncedTable,
+  paginationOpts: PaginationOptions,
+) {
+  const result = await ctx.db
+    .query(table as "memberships")
+    .withIndex("byExternalId")
+    .paginate(paginationOpts);
+  return {
+    page: result.page.map((row) => ({
+      clerkId: row.externalId,
+      updatedAt: row.updatedAt,
+      deleted: false, // this schema deletes rows (and keeps a tombstone)
+      ...(table === "memberships" ? { orgId: row.orgId } : {}),
+    })),
+    isDone: result.isDone,
+    continueCursor: result.continueCursor,
+  };
 }

@@ -4,7 +4,7 @@
  * idempotent and order-tolerant (see sync.ts).
  */
 import { v } from "convex/values";
-import { internalMutation, query, type QueryCtx } from "./_generated/server";
+import { internalMutation, internalQuery, query, type QueryCtx } from "./_generated/server";
 import {
   arr,
   deletedAt,
@@ -17,7 +17,14 @@ import {
   type ClerkData,
   type Incoming,
 } from "./clerkPayload";
-import { claimEvent, deleteSynced, upsertSynced } from "./sync";
+import {
+  claimEvent,
+  deleteSynced,
+  syncStateArgs,
+  syncStatePage,
+  syncStatePageOf,
+  upsertSynced,
+} from "./sync";
 
 /** The signed-in user's row, or null (e.g. before user.created has arrived). */
 export const current = query({
@@ -52,6 +59,13 @@ export const deleteFromClerk = internalMutation({
     await Promise.all(memberships.map((m) => ctx.db.delete(m._id)));
     return await deleteSynced(ctx, "users", "user", userId, deletedAt(event, Date.now()));
   },
+});
+
+/** Every synced user's Clerk id and version, a page at a time: what `relay reconcile` compares with Clerk. */
+export const syncState = internalQuery({
+  args: syncStateArgs,
+  returns: syncStatePage,
+  handler: async (ctx, { paginationOpts }) => await syncStatePageOf(ctx, "users", paginationOpts),
 });
 
 export async function getCurrentUserOrThrow(ctx: QueryCtx) {

@@ -24,6 +24,8 @@ from relay.models import (
     NewEvent,
     Outcome,
     Page,
+    ReconcileRun,
+    RunStatus,
     TargetHealth,
     TargetState,
 )
@@ -129,6 +131,19 @@ class Store(Protocol):
     def release_held(self, *, now_ms: int) -> int:
         """Make every pending event that waits on a backoff due now (the target is back);
         returns how many, and wakes the workers."""
+
+    def acquire_lease(self, name: str, owner: str, *, now_ms: int, ttl_ms: int) -> bool:
+        """Take or renew the lease ``name`` until ``now_ms + ttl_ms``; False while another
+        owner holds it unexpired (exactly one of several callers wins)."""
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it."""
+
+    def save_reconcile_run(self, run: ReconcileRun) -> int:
+        """Insert (``run.id`` None) or update a reconcile run; returns its id."""
+
+    def reconcile_runs(self, *, limit: int, status: RunStatus | None = None) -> list[ReconcileRun]:
+        """Reconcile runs, newest first, optionally only those in ``status``."""
 
     def ping(self) -> None:
         """Raise :class:`~relay.errors.StoreError` unless the database answers."""

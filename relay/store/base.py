@@ -24,6 +24,7 @@ from relay.models import (
     TargetState,
 )
 from relay.store import ordering, sql
+from relay.store.runs import RunsAndLeases
 
 #: Events deleted per transaction by :meth:`SQLStoreBase.purge`.
 PURGE_BATCH = 1000
@@ -34,8 +35,8 @@ _TARGET_COLUMNS = (
 )
 
 
-class SQLStoreBase:
-    """Shared read verbs and the heartbeat for SQL backends."""
+class SQLStoreBase(RunsAndLeases):
+    """Shared read verbs, the heartbeat, reconcile history and leases for SQL backends."""
 
     PH: ClassVar[str]
 

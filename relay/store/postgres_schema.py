@@ -125,6 +125,28 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        5,
+        # relay reconcile: its run history, and the lease that lets exactly one worker
+        # run the scheduled reconcile (relay/store/runs.py).
+        """
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at BIGINT NOT NULL
+        );
+        CREATE TABLE reconcile_runs (
+            id BIGSERIAL PRIMARY KEY,
+            trigger TEXT NOT NULL,
+            dry_run BOOLEAN NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('requested', 'running', 'done', 'failed')),
+            requested_at BIGINT NOT NULL,
+            started_at BIGINT,
+            finished_at BIGINT,
+            summary TEXT,
+            error TEXT
+        );
+        CREATE INDEX reconcile_runs_status ON reconcile_runs (status, id);
+        """,
+    ),
 )
 
 

@@ -104,6 +104,26 @@ CREATE TABLE targets (
 )
         """,
     ),
+    (
+        4,
+        # relay reconcile: its run history, and the lease that lets exactly one worker
+        # run the scheduled reconcile (relay/store/runs.py).
+        """
+CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE reconcile_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    trigger TEXT NOT NULL,
+    dry_run INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    requested_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    summary TEXT,
+    error TEXT
+);
+CREATE INDEX reconcile_runs_status ON reconcile_runs (status, id);
+        """,
+    ),
 )
 
 
