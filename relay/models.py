@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,6 +17,10 @@ from typing import Any
 #: Clerk's envelope ``timestamp`` is milliseconds, but its spec examples use seconds.
 #: Anything below this (year 2001 in ms, year 33658 in s) is taken to be seconds.
 _SECONDS_CUTOFF = 1_000_000_000_000
+#: Times at or past this (2^53 ms, the year 287,396) are not times Clerk sends: such a
+#: value is "unknown time" and the event is ordered by when it arrived. The bound also
+#: keeps every stored time inside SQLite's and PostgreSQL's 64-bit integers.
+MAX_TIME_MS = 2**53
 
 
 class Status(StrEnum):
@@ -33,12 +38,19 @@ PURGEABLE = frozenset({Status.DELIVERED, Status.SKIPPED, Status.SUPERSEDED})
 
 
 def to_ms(value: object) -> int | None:
-    """Clerk timestamp (seconds or milliseconds, int or float) as epoch ms, else None."""
+    """Clerk timestamp (seconds or milliseconds, int or float) as epoch ms, else None.
+
+    None ("unknown time") also for values Clerk would never send: NaN, infinities and
+    anything at or past :data:`MAX_TIME_MS`.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if value <= 0:
         return None
-    return int(value * 1000) if value < _SECONDS_CUTOFF else int(value)
+    ms = int(value * 1000) if value < _SECONDS_CUTOFF else int(value)
+    return ms if ms < MAX_TIME_MS else None
 
 
 def object_key(envelope: Mapping[str, Any]) -> str | None:

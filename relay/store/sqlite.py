@@ -112,6 +112,10 @@ class SQLiteStore(SQLStoreBase):
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
 
+    def committer_lost(self) -> bool:
+        """See :meth:`CommitClient.lost` (readiness reports it)."""
+        return self._committer.lost()
+
     # -- verbs -------------------------------------------------------------------------
 
     def migrate(self) -> None:
