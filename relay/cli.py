@@ -373,7 +373,12 @@ def check() -> None:
 
 
 @main.command("send-test")
-@click.option("--url", required=True, help="The relay's base URL, e.g. https://relay.fly.dev")
+@click.option(
+    "--url",
+    required=True,
+    help="The relay's base URL (https://relay.fly.dev) or the endpoint URL given to Clerk "
+    "(https://relay.fly.dev/webhooks/clerk).",
+)
 @click.option("--type", "event_type", default="user.created", show_default=True)
 @click.option("--secret", help="Signing secret (default: first CLERK_WEBHOOK_SECRET).")
 @handles_errors
