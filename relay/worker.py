@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 import os
 import queue
 import random
@@ -89,7 +90,9 @@ class Worker:
         self.low_priority = low_priority
         self._recorder: Recorder | None = None
         self.burst_claim_every_s = BURST_CLAIM_EVERY_S
-        self._last_claim = 0.0  # time.monotonic() of the last claim
+        # Pacing reads the injected clock like everything else (a monotonic clock's zero
+        # is boot time, so a first claim "at 0.0" looked recent on a fresh machine).
+        self._last_claim = -math.inf  # self.clock() of the last claim
         self._deferred_since: float | None = None  # a burst is holding claims back
         self._defer_until = 0.0
 
@@ -160,7 +163,7 @@ class Worker:
             if due_ms <= self.now_ms():
                 self._next_due_ms = 2**63  # due now: this pass claims it
         wait_s = min(self.poll_interval_s, (due_ms - self.now_ms()) / 1000)
-        defer_s = self._defer_until - time.monotonic()
+        defer_s = self._defer_until - self.clock()
         if self._deferred_since is not None and defer_s > 0:  # look again when it may be over
             wait_s = min(wait_s, defer_s)
         return max(0.0, wait_s)
@@ -182,7 +185,7 @@ class Worker:
             return
         if self._deferring():
             return
-        self._last_claim = time.monotonic()
+        self._last_claim = self.clock()
         try:
             events = self.store.claim(
                 self.worker_id, now_ms=self.now_ms(), lease_ms=self.lease_ms, limit=free
@@ -198,7 +201,7 @@ class Worker:
 
     def _deferring(self) -> bool:
         """Whether to leave the CPUs to an ingest burst now instead of claiming."""
-        now = time.monotonic()
+        now = self.clock()
         burst_s = self.store.ingest_burst_s()
         next_claim = self._last_claim + self.burst_claim_every_s
         if burst_s > 0 and now < next_claim:
