@@ -116,10 +116,17 @@ def _table(events: list[Event]) -> str:
     )
 
 
+#: Files created by any relay command: owner read/write only (0600), directories 0700.
+PRIVATE_UMASK = 0o077
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clerk-convex-relay")
 def main() -> None:
     """Relay Clerk webhooks to Convex, durably."""
+    # Files the relay creates (the database and its -wal/-shm, metrics, locks) hold user
+    # data or describe it: readable by this user only, for every command and its children.
+    os.umask(PRIVATE_UMASK)
 
 
 @main.command()
