@@ -77,7 +77,9 @@ class Worker:
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.poll_interval_s = poll_interval_s
-        # A lease outlives the slowest attempt; only a dead worker lets one expire.
+        # A lease outlives the slowest attempt (at most the delivery timeout: the
+        # Deliverer enforces it as a deadline) plus its outcome write (retried for at most
+        # half a lease), so only a dead worker lets one expire.
         self.lease_ms = int((settings.delivery_timeout_s * 2 + 30) * 1000)
         self._wake = threading.Event()
         self._stopping = threading.Event()
