@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -31,6 +32,7 @@ from relay.settings import Settings
 from relay.store import open_store
 from relay.store.committer import Committer
 from relay.store.sqlite import SQLiteStore
+from relay.worker import REPEAT_SIGNAL_WINDOW_S
 
 log = structlog.get_logger("relay.serve")
 
@@ -86,13 +88,19 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     )
 
     stopping = threading.Event()
+    first_signal_at: list[float] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        if stopping.is_set():  # second signal: do not wait any longer
+        if stopping.is_set():
+            # A repeat within the window is the same stop (a process-group signal, or
+            # systemd signalling the whole unit); a later one means "do not wait".
+            if first_signal_at and time.monotonic() - first_signal_at[0] < REPEAT_SIGNAL_WINDOW_S:
+                return
             for proc in children.values():
                 proc.kill()
             return
         stopping.set()
+        first_signal_at.append(time.monotonic())
         log.info("serve_stopping", signal=signal.Signals(signum).name)
         for proc in children.values():
             if proc.poll() is None:

@@ -53,6 +53,8 @@ BURST_CLAIM_EVERY_S = 1.0
 #: Niceness of delivery threads under ``relay worker --low-priority`` (relay serve).
 LOW_PRIORITY_NICE = 19
 HEARTBEAT_INTERVAL_S = 5.0
+#: A stop signal repeated within this many seconds of the first is the same stop.
+REPEAT_SIGNAL_WINDOW_S = 1.0
 
 
 class Worker:
@@ -109,17 +111,27 @@ class Worker:
         self._wake.set()
 
     def install_signal_handlers(self) -> None:
-        """First SIGTERM/SIGINT: warm shutdown. Second: exit now (leases expire, retried)."""
+        """First SIGTERM/SIGINT: warm shutdown. Another one more than
+        :data:`REPEAT_SIGNAL_WINDOW_S` later: exit now (leases expire, events retried).
+
+        A repeat inside the window is the same request arriving twice, not a user's
+        second signal: a terminal's Ctrl-C and systemd's ``KillMode=control-group``
+        signal every process of the unit, and ``relay serve`` forwards its own
+        SIGTERM too (rq ignores repeats the same way).
+        """
+        first_at: list[float] = []
 
         def handle(signum: int, _frame: FrameType | None) -> None:
-            if self._stopping.is_set():
-                log.warning("worker_cold_shutdown", signal=signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            now = time.monotonic()
+            if first_at and now - first_at[0] < REPEAT_SIGNAL_WINDOW_S:
+                log.info("worker_signal_repeated", signal=name)
+                return
+            if first_at:
+                log.warning("worker_cold_shutdown", signal=name)
                 os._exit(1)
-            log.info(
-                "worker_stopping",
-                signal=signal.Signals(signum).name,
-                in_flight=len(self._in_flight),
-            )
+            first_at.append(now)
+            log.info("worker_stopping", signal=name, in_flight=len(self._in_flight))
             self.stop()
 
         signal.signal(signal.SIGTERM, handle)
