@@ -219,7 +219,7 @@ def events() -> str:
     )
 
 
-@bp.get("/event/<event_id>")
+@bp.get("/event/<path:event_id>")
 def event(event_id: str) -> str:
     """One event: state, every attempt and the redacted payload."""
     found = runtime().store.get(event_id)
@@ -236,7 +236,12 @@ def event(event_id: str) -> str:
 
 
 def _payload(event: Event) -> str:
-    return json.dumps(redact(event.envelope(), _known_secrets()), indent=2, ensure_ascii=False)
+    try:
+        shown = json.dumps(redact(event.envelope(), _known_secrets()), indent=2, ensure_ascii=False)
+    except RecursionError:  # stored before ingest capped nesting (relay.ingest.MAX_NESTING)
+        return f"(not shown: the payload nests too deeply to display; {len(event.body)} bytes)"
+    # A lone surrogate (JSON can carry "\ud800") cannot be sent as UTF-8: show its escape.
+    return shown.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _safe(text: str | None) -> str | None:
@@ -247,7 +252,7 @@ def _attempts(event: Event) -> list[dict[str, Any]]:
     return [{**a.to_dict(), "error": _safe(a.error)} for a in event.attempts]
 
 
-@bp.post("/event/<event_id>/replay")
+@bp.post("/event/<path:event_id>/replay")
 def replay(event_id: str) -> Response:
     """Queue one event again; the event page says what happened."""
     force = request.form.get("force") == "1"

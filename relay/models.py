@@ -53,6 +53,21 @@ def to_ms(value: object) -> int | None:
     return ms if ms < MAX_TIME_MS else None
 
 
+def storable_text(value: object) -> str | None:
+    """A string from the body as a text column can hold it, or None if not a string.
+
+    JSON can carry what UTF-8 text columns cannot: lone surrogates (``"\\ud800"``, which
+    SQLite's driver cannot encode) and NUL (which PostgreSQL's ``text`` refuses). Such a
+    string is kept as its JSON escape, so it stays recognisable and the event storable;
+    the body itself is stored as bytes, untouched.
+    """
+    if not isinstance(value, str):
+        return None
+    if "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value):
+        return json.dumps(value)[1:-1]
+    return value
+
+
 def object_key(envelope: Mapping[str, Any]) -> str | None:
     """The Clerk object an event is about (``data.object`` + ``data.id``), for ordering.
 
@@ -62,8 +77,8 @@ def object_key(envelope: Mapping[str, Any]) -> str | None:
     data = envelope.get("data")
     if not isinstance(data, Mapping):
         return None
-    obj, oid = data.get("object"), data.get("id")
-    if not isinstance(obj, str) or not isinstance(oid, str) or not oid:
+    obj, oid = storable_text(data.get("object")), storable_text(data.get("id"))
+    if obj is None or not oid:
         return None
     return f"{obj}:{oid}"
 
@@ -132,21 +147,18 @@ class NewEvent:
         """Build from the parsed envelope; every ordering field is derived here, once."""
         data = envelope.get("data")
         data = data if isinstance(data, Mapping) else {}
-        obj = data.get("object")
-        oid = data.get("id")
-        instance = envelope.get("instance_id")
         return cls(
             id=event_id,
-            type=str(envelope["type"]),
+            type=storable_text(envelope["type"]) or str(envelope["type"]),
             body=body,
             received_at_ms=received_at_ms,
             status=status,
-            object=obj if isinstance(obj, str) else None,
-            entity_id=oid if isinstance(oid, str) else None,
+            object=storable_text(data.get("object")),
+            entity_id=storable_text(data.get("id")),
             object_key=object_key(envelope),
             occurred_at_ms=to_ms(envelope.get("timestamp")),
             updated_at_ms=to_ms(data.get("updated_at")),
-            instance_id=instance if isinstance(instance, str) else None,
+            instance_id=storable_text(envelope.get("instance_id")),
         )
 
 
