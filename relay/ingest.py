@@ -18,6 +18,7 @@ Every other path and method goes on to Flask, except other methods on these path
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import re
@@ -116,7 +117,30 @@ def receive(runtime: Runtime, environ: WSGIEnvironment, fields: dict[str, Any]) 
         raise
     outcome = fields["outcome"] = "accepted" if new else "duplicate"
     _received(event_type, outcome).inc()
+    if not new:
+        _check_duplicate(runtime.store, event)
     return {"status": outcome, "id": svix.id}
+
+
+def _check_duplicate(store: Store, event: NewEvent) -> None:
+    """A redelivery should carry the stored bytes. If it does not, the first body stays
+    (it may be delivered already), but the difference is logged, counted and kept on the
+    event: a signed body that changed under one svix-id is worth a look."""
+    try:
+        stored = store.get(event.id)
+        if stored is None or stored.body == event.body:
+            return
+        received = hashlib.sha256(event.body).hexdigest()
+        log.warning(
+            "duplicate_body_differs",
+            svix_id=event.id,
+            stored_sha256=hashlib.sha256(stored.body).hexdigest(),
+            received_sha256=received,
+        )
+        metrics.BODY_CONFLICTS.inc()
+        store.record_body_conflict(event.id, body_sha256=received, now_ms=event.received_at_ms)
+    except StoreError as exc:  # the answer stands: the first body is stored either way
+        log.error("duplicate_check_failed", svix_id=event.id, error=str(exc))
 
 
 @functools.lru_cache(maxsize=4096)

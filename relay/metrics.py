@@ -36,6 +36,10 @@ DELIVERIES = Counter(
     "Delivery attempts by verdict (delivered, retry, failed) and final states set by the worker.",
     ["outcome"],
 )
+BODY_CONFLICTS = Counter(
+    "relay_duplicate_body_conflicts_total",
+    "Deliveries under an already stored svix-id whose body differed (the first is kept).",
+)
 ATTEMPT_SECONDS = Histogram(
     "relay_delivery_attempt_seconds",
     "Duration of one delivery attempt to Convex.",

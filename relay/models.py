@@ -185,6 +185,17 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class BodyConflict:
+    """A delivery under an already stored svix-id whose body differed (it was dropped)."""
+
+    at_ms: int
+    body_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at_ms, "bodySha256": self.body_sha256}
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """A stored event with its delivery state."""
 
@@ -207,6 +218,7 @@ class Event:
     delivered_at_ms: int | None = None
     force: bool = False
     attempts: tuple[Attempt, ...] = field(default=())
+    body_conflicts: tuple[BodyConflict, ...] = field(default=())
 
     @property
     def order(self) -> tuple[int, int]:
@@ -236,6 +248,7 @@ class Event:
         }
         if with_attempts:
             out["attempts"] = [a.to_dict() for a in self.attempts]
+            out["bodyConflicts"] = [c.to_dict() for c in self.body_conflicts]
         return out
 
 

@@ -376,3 +376,11 @@ def test_an_event_stored_before_the_nesting_cap_can_be_viewed_and_replayed(
         )
     )
     assert "nests too deeply" in _view_and_replay(client, "msg_deep")
+
+
+def test_the_event_page_lists_bodies_that_differed(app: Flask, store: Store) -> None:
+    """Conflicting bodies recorded for an event are listed on its page by hash."""
+    store.insert(make_event(event_id="msg_conflict"))
+    store.record_body_conflict("msg_conflict", body_sha256="f" * 64, now_ms=1_700_000_000_000)
+    page = signed_in(app).get("/admin/event/msg_conflict").get_data(as_text=True)
+    assert "Different bodies under this id (1)" in page and "f" * 64 in page

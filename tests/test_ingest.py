@@ -322,3 +322,35 @@ def test_readiness_fails_while_ingest_cannot_store(settings: Settings, tmp_path:
     store.close()
     assert post(client, json.dumps(make_envelope("user.deleted")).encode())[0] == 200
     assert client.get("/readyz").get_json()["checks"]["ingest"] == "ok"
+
+
+def test_same_svix_id_with_another_body_keeps_the_first_and_says_so(
+    client: FlaskClient, store: SQLiteStore
+) -> None:
+    """A redelivery whose signed body differs is answered duplicate and dropped, but
+    logged with both hashes, counted and shown on the event (it used to pass silently)."""
+    import hashlib
+
+    from structlog.testing import capture_logs
+
+    from relay import metrics
+
+    first = json.dumps(make_envelope("user.updated", first_name="Ada")).encode()
+    second = json.dumps(make_envelope("user.updated", first_name="Eve")).encode()
+    assert post(client, first, signed_headers(first, msg_id="msg_twice"))[0] == 200
+    before = metrics.BODY_CONFLICTS._value.get()
+    with capture_logs() as logs:
+        code, reply = post(client, second, signed_headers(second, msg_id="msg_twice"))
+        same = post(client, first, signed_headers(first, msg_id="msg_twice"))
+    assert (code, reply) == (200, {"status": "duplicate", "id": "msg_twice"})
+    assert same == (200, {"status": "duplicate", "id": "msg_twice"})
+    [warning] = [e for e in logs if e["event"] == "duplicate_body_differs"]
+    assert warning["log_level"] == "warning"
+    assert warning["stored_sha256"] == hashlib.sha256(first).hexdigest()
+    assert warning["received_sha256"] == hashlib.sha256(second).hexdigest()
+    assert "Eve" not in json.dumps(logs)  # hashes, never the payload
+    assert metrics.BODY_CONFLICTS._value.get() == before + 1
+    event = store.get("msg_twice")
+    assert event is not None and event.body == first
+    shown = event.to_dict(with_attempts=True)["bodyConflicts"]
+    assert [c["bodySha256"] for c in shown] == [hashlib.sha256(second).hexdigest()]

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from relay.models import Attempt, Event, EventFilter, NewEvent, Outcome, Page
+from relay.models import Attempt, BodyConflict, Event, EventFilter, NewEvent, Outcome, Page
 
 
 class Store(Protocol):
@@ -97,6 +97,13 @@ class Store(Protocol):
 
     def import_event(self, event: Event, attempts: list[Attempt]) -> bool:
         """Insert an exported event as it is (status, counters, attempts); False if present."""
+
+    def record_body_conflict(self, event_id: str, *, body_sha256: str, now_ms: int) -> None:
+        """Note that a delivery under ``event_id``'s svix-id carried a different body
+        (the stored one is kept); :meth:`get` shows them as ``body_conflicts``."""
+
+    def body_conflicts(self, event_id: str) -> tuple[BodyConflict, ...]:
+        """The recorded conflicting bodies of one event, oldest first."""
 
     def ping(self) -> None:
         """Raise :class:`~relay.errors.StoreError` unless the database answers."""

@@ -8,11 +8,12 @@ their locking differs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
-from relay.models import Attempt, Event, EventFilter, Outcome, Page, Status
+from relay.models import Attempt, BodyConflict, Event, EventFilter, Outcome, Page, Status
 from relay.store import sql
 
 
@@ -78,7 +79,9 @@ class SQLStoreBase:
             f"SELECT {sql.ATTEMPT_COLUMNS} FROM attempts WHERE event_id = {ph} ORDER BY id",
             (event_id,),
         )
-        return sql.row_to_event(rows[0], tuple(map(sql.row_to_attempt, attempts)))
+        event = sql.row_to_event(rows[0], tuple(map(sql.row_to_attempt, attempts)))
+        conflicts = self.body_conflicts(event_id)
+        return dataclasses.replace(event, body_conflicts=conflicts) if conflicts else event
 
     def list_events(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
         ph = self.PH
@@ -112,3 +115,20 @@ class SQLStoreBase:
 
     def ping(self) -> None:
         self._query("SELECT 1")
+
+    # -- same svix-id, different body (issue 13) --------------------------------------------
+
+    def record_body_conflict(self, event_id: str, *, body_sha256: str, now_ms: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO body_conflicts (event_id, at, body_sha256) VALUES ({self.PH},"
+                f" {self.PH}, {self.PH})",
+                (event_id, now_ms, body_sha256),
+            )
+
+    def body_conflicts(self, event_id: str) -> tuple[BodyConflict, ...]:
+        rows = self._query(
+            f"SELECT at, body_sha256 FROM body_conflicts WHERE event_id = {self.PH} ORDER BY id",
+            (event_id,),
+        )
+        return tuple(BodyConflict(at, digest) for at, digest in rows)

@@ -77,6 +77,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             WHERE status = 'pending' AND lease_expires_at IS NOT NULL;
         """,
     ),
+    # Step 3 is reserved (outage recovery, issue 15); steps are applied by number.
+    (
+        4,
+        # Bodies that arrived under an already stored svix-id but differ from it (issue 13):
+        # the first body is kept and delivered; these are shown on the event.
+        """
+        CREATE TABLE body_conflicts (
+            id BIGSERIAL PRIMARY KEY,
+            event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+            at BIGINT NOT NULL,
+            body_sha256 TEXT NOT NULL
+        );
+        CREATE INDEX body_conflicts_event ON body_conflicts (event_id, id);
+        """,
+    ),
 )
 
 

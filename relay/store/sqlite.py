@@ -224,6 +224,11 @@ class SQLiteStore(SQLStoreBase):
                 f" WHERE received_at < ? AND status IN ({marks}))",
                 [older_than_ms, *map(str, PURGEABLE)],
             )
+            conn.execute(
+                "DELETE FROM body_conflicts WHERE event_id IN (SELECT id FROM events"
+                f" WHERE received_at < ? AND status IN ({marks}))",
+                [older_than_ms, *map(str, PURGEABLE)],
+            )
             cur = conn.execute(
                 f"DELETE FROM events WHERE received_at < ? AND status IN ({marks})",
                 [older_than_ms, *map(str, PURGEABLE)],

@@ -61,6 +61,22 @@ CREATE INDEX IF NOT EXISTS attempts_event ON attempts (event_id, id);
 CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, last_seen INTEGER NOT NULL);
         """,
     ),
+    # Step 2 is reserved (outage recovery, issue 15); steps are applied by number.
+    (
+        3,
+        # Bodies that arrived under an already stored svix-id but differ from it (issue 13):
+        # the first body is kept and delivered; these are shown on the event. Purged with
+        # it (SQLiteStore.purge; no trigger: this runner splits steps on ";").
+        """
+CREATE TABLE body_conflicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    body_sha256 TEXT NOT NULL
+);
+CREATE INDEX body_conflicts_event ON body_conflicts (event_id, id)
+        """,
+    ),
 )
 
 
