@@ -42,8 +42,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY", str(max(2, len(os.sched_getaffin
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 worker_class = "gthread" if threads > 1 else "gevent"
 # Requests one gevent worker serves at once; more wait in the listen backlog. Clerk
-# sends a few at a time; 4 workers x 256 leaves room for a replayed backlog.
-worker_connections = 256
+# sends a few at a time, but slow or stalled clients hold slots until the body deadline
+# (relay.request_deadline, 10 s): 1,000 per worker (gunicorn's default; a waiting
+# greenlet costs a few KiB) keeps several hundred of them from starving ingest.
+worker_connections = 1000
 # Ingest is a signature check plus one commit: a request still running after 30 s is stuck.
 timeout = 30
 # Above the 10 s delivery timeout, so a SIGTERM never cuts a request that is committing

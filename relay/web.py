@@ -73,6 +73,7 @@ def build_app(settings: Settings | None = None) -> Flask:
 
     from relay.health import bp as health_bp
     from relay.ingest import IngestEndpoint
+    from relay.request_deadline import BodyDeadline
 
     app.register_blueprint(health_bp)
     if settings.admin_token:
@@ -87,6 +88,8 @@ def build_app(settings: Settings | None = None) -> Flask:
     app.after_request(_log_request)
     # Outermost, so Clerk's deliveries skip the rest of the stack (see relay.ingest).
     app.wsgi_app = IngestEndpoint(app.wsgi_app, app.extensions["relay"])  # type: ignore[method-assign]
+    # Around everything: no request may wait for its body forever (relay.request_deadline).
+    app.wsgi_app = BodyDeadline(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

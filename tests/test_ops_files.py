@@ -119,7 +119,7 @@ def test_gunicorn_workers_follow_the_environment(gunicorn_cfg: Callable[..., Con
     default = gunicorn_cfg()
     cpus = len(os.sched_getaffinity(0))
     assert (default.workers, default.worker_class_str) == (max(2, cpus), "gevent")
-    assert default.worker_connections == 256
+    assert default.worker_connections == 1000
     assert default.preload_app is False  # gevent patches after the fork: no preloaded locks
     tuned = gunicorn_cfg(WEB_CONCURRENCY="3", GUNICORN_THREADS="4")
     assert (tuned.workers, tuned.threads, tuned.worker_class_str) == (3, 4, "gthread")
