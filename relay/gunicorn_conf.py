@@ -11,14 +11,17 @@ conventionally do; ``GUNICORN_CMD_ARGS`` overrides any of this without a rebuild
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
 from gunicorn import glogging
+from gunicorn import util as gunicorn_util
 
 from relay.settings import Settings
 
@@ -201,6 +204,28 @@ logconfig_dict: dict[str, Any] = {
     },
     "root": {"level": _level, "handlers": ["stderr"]},
 }
+
+
+# --- gunicorn's own error pages: JSON like every other error ----------------------------------
+def json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's ``util.write_error``, in the relay's error shape instead of HTML.
+
+    gunicorn answers requests it cannot parse (a bad ``Content-Length`` is 400, an
+    over-long request line 414, too many or too large headers 431) before the app sees
+    them; the contract says every error is ``{"error", "detail"}`` JSON.
+    """
+    code = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "bad_request"
+    body = json.dumps({"error": code, "detail": str(mesg)[:300]}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+# Replaced where gunicorn's workers look it up (``util.write_error``): this module is
+# loaded by the master before it forks them.
+gunicorn_util.write_error = json_error
 
 
 # --- hooks ---------------------------------------------------------------------------------
