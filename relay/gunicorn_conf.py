@@ -239,6 +239,16 @@ def post_worker_init(worker: Any) -> None:
     structlog.get_logger("gunicorn.error").info("worker_ready", pid=os.getpid())
 
 
+def worker_exit(server: object, worker: Any) -> None:
+    """Close the worker's store while gevent still runs: a PostgreSQL pool left to the
+    interpreter's exit is collected after the hub is gone and prints a traceback (not
+    JSON) to the log."""
+    app = getattr(worker, "wsgi", None)
+    runtime = getattr(app, "extensions", {}).get("relay")
+    if runtime is not None:
+        runtime.close()
+
+
 def child_exit(server: object, worker: Any) -> None:
     """Forget a dead worker's metric files so /metrics stops summing its gauges."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -49,6 +49,13 @@ class Runtime:
                     self._store = store
         return self._store
 
+    def close(self) -> None:
+        """Close the store if it was opened (a gunicorn worker on its way out)."""
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
 
 def runtime() -> Runtime:
     """The :class:`Runtime` of the current app."""
