@@ -67,7 +67,7 @@ def _guard() -> Response | None:
     """Signed-in sessions only (except the sign-in page); CSRF on every POST."""
     if request.method == "POST":
         adminauth.check_csrf(request.form.get(adminauth.CSRF_FIELD))
-    if request.endpoint in _OPEN_ENDPOINTS or adminauth.signed_in(time.time()):
+    if request.endpoint in _OPEN_ENDPOINTS or adminauth.signed_in(time.time(), runtime().store):
         return None
     session.pop("signed_in_at", None)
     return redirect(url_for("console.sign_in"))
@@ -96,7 +96,7 @@ def _utc(ms: int | None) -> str:
 
 @bp.context_processor
 def _page_context() -> dict[str, Any]:
-    signed = adminauth.signed_in(time.time())
+    signed = adminauth.signed_in(time.time(), runtime().store)
     return {
         "signed_in": signed,
         "csrf_token": adminauth.csrf_token,
@@ -172,14 +172,14 @@ def sign_in() -> Response | str | tuple[str, int]:
     if not adminauth.token_matches(runtime().settings.admin_token, token):
         limiter().fail(client)
         return render_template("signin.html", error="That token is not right."), 401
-    adminauth.sign_in(time.time())
+    adminauth.sign_in(time.time(), runtime().store)
     return redirect(url_for("console.events"))
 
 
 @bp.post("/signout")
 def sign_out() -> Response:
     """End the session (the CSRF check keeps other sites from signing you out)."""
-    session.clear()
+    adminauth.sign_out(runtime().store)
     flash("Signed out.")
     return redirect(url_for("console.sign_in"))
 

@@ -368,3 +368,19 @@ class StoreContract:
         assert got is not None
         assert (got.type, got.entity_id) == ("user.\\u0000x", "user_\\ud800\\u0000")
         assert got.object_key == "user:user_\\ud800\\u0000"
+
+    def test_console_sessions_start_end_and_expire(self, store: Store) -> None:
+        """A started session is valid until it is ended or expires; starting one drops
+        expired ones."""
+        store.start_console_session("s1", now_ms=NOW, expires_ms=NOW + 100)
+        store.start_console_session("s2", now_ms=NOW, expires_ms=NOW + 100)
+        assert store.console_session_valid("s1", now_ms=NOW + 99)
+        assert not store.console_session_valid("s1", now_ms=NOW + 100)
+        assert not store.console_session_valid("unknown", now_ms=NOW)
+        store.end_console_session("s1")
+        store.end_console_session("unknown")
+        assert not store.console_session_valid("s1", now_ms=NOW)
+        assert store.console_session_valid("s2", now_ms=NOW)
+        store.start_console_session("s3", now_ms=NOW + 200, expires_ms=NOW + 300)
+        assert not store.console_session_valid("s2", now_ms=NOW)  # pruned as expired
+        assert store.console_session_valid("s3", now_ms=NOW + 250)

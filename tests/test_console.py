@@ -384,3 +384,21 @@ def test_the_event_page_lists_bodies_that_differed(app: Flask, store: Store) -> 
     store.record_body_conflict("msg_conflict", body_sha256="f" * 64, now_ms=1_700_000_000_000)
     page = signed_in(app).get("/admin/event/msg_conflict").get_data(as_text=True)
     assert "Different bodies under this id (1)" in page and "f" * 64 in page
+
+
+def test_signing_out_ends_every_copy_of_the_session(relay_settings: Settings) -> None:
+    """A cookie copied before sign-out (another tab, a stolen copy, another worker) is
+    refused after it: the session is ended in the store, not only in the browser."""
+    first, second = create_app(relay_settings), create_app(relay_settings)
+    client = signed_in(first)
+    cookie = client.get_cookie("relay_console", path="/admin")
+    assert cookie is not None
+    out = client.post("/admin/signout", data={"csrf_token": csrf(client, "/admin/")})
+    assert out.status_code == 302
+    for app in (first, second):
+        copy = app.test_client()
+        copy.set_cookie("relay_console", cookie.value, path="/admin")
+        response = copy.get("/admin/")
+        assert response.status_code == 302
+        assert response.headers["Location"].endswith("/admin/signin")
+    assert signed_in(first).get("/admin/").status_code == 200  # signing in again works

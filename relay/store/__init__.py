@@ -105,6 +105,15 @@ class Store(Protocol):
     def body_conflicts(self, event_id: str) -> tuple[BodyConflict, ...]:
         """The recorded conflicting bodies of one event, oldest first."""
 
+    def start_console_session(self, session_hash: str, *, now_ms: int, expires_ms: int) -> None:
+        """Record a signed-in console session (by the hash of its id); drops expired ones."""
+
+    def console_session_valid(self, session_hash: str, *, now_ms: int) -> bool:
+        """Whether that session was started, has not ended and has not expired."""
+
+    def end_console_session(self, session_hash: str) -> None:
+        """End a console session (sign-out); unknown ones are ignored."""
+
     def ping(self) -> None:
         """Raise :class:`~relay.errors.StoreError` unless the database answers."""
 

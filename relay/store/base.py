@@ -132,3 +132,26 @@ class SQLStoreBase:
             (event_id,),
         )
         return tuple(BodyConflict(at, digest) for at, digest in rows)
+
+    # -- console sessions (issue 13) -------------------------------------------------------
+
+    def start_console_session(self, session_hash: str, *, now_ms: int, expires_ms: int) -> None:
+        ph = self.PH
+        with self._tx() as conn:
+            conn.execute(f"DELETE FROM console_sessions WHERE expires_at <= {ph}", (now_ms,))
+            conn.execute(
+                f"INSERT INTO console_sessions (id, created_at, expires_at) VALUES ({ph}, {ph},"
+                f" {ph})",
+                (session_hash, now_ms, expires_ms),
+            )
+
+    def console_session_valid(self, session_hash: str, *, now_ms: int) -> bool:
+        rows = self._query(
+            f"SELECT 1 FROM console_sessions WHERE id = {self.PH} AND expires_at > {self.PH}",
+            (session_hash, now_ms),
+        )
+        return bool(rows)
+
+    def end_console_session(self, session_hash: str) -> None:
+        with self._tx() as conn:
+            conn.execute(f"DELETE FROM console_sessions WHERE id = {self.PH}", (session_hash,))

@@ -80,8 +80,10 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     # Step 3 is reserved (outage recovery, issue 15); steps are applied by number.
     (
         4,
-        # Bodies that arrived under an already stored svix-id but differ from it (issue 13):
-        # the first body is kept and delivered; these are shown on the event.
+        # Issue 13. body_conflicts: bodies that arrived under an already stored svix-id but
+        # differ from it (the first is kept and delivered; these are shown on the event).
+        # console_sessions: signed-in console sessions by the hash of their id, so that
+        # signing out ends every copy of the cookie.
         """
         CREATE TABLE body_conflicts (
             id BIGSERIAL PRIMARY KEY,
@@ -90,6 +92,11 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             body_sha256 TEXT NOT NULL
         );
         CREATE INDEX body_conflicts_event ON body_conflicts (event_id, id);
+        CREATE TABLE console_sessions (
+            id TEXT PRIMARY KEY,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL
+        );
         """,
     ),
 )

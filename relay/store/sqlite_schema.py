@@ -64,9 +64,11 @@ CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, last_seen INTEGER NOT N
     # Step 2 is reserved (outage recovery, issue 15); steps are applied by number.
     (
         3,
-        # Bodies that arrived under an already stored svix-id but differ from it (issue 13):
-        # the first body is kept and delivered; these are shown on the event. Purged with
-        # it (SQLiteStore.purge; no trigger: this runner splits steps on ";").
+        # Issue 13. body_conflicts: bodies that arrived under an already stored svix-id but
+        # differ from it (the first is kept and delivered; these are shown on the event;
+        # purged with it by SQLiteStore.purge, no trigger: this runner splits on ";").
+        # console_sessions: signed-in console sessions by the hash of their id, so that
+        # signing out ends every copy of the cookie.
         """
 CREATE TABLE body_conflicts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -74,7 +76,12 @@ CREATE TABLE body_conflicts (
     at INTEGER NOT NULL,
     body_sha256 TEXT NOT NULL
 );
-CREATE INDEX body_conflicts_event ON body_conflicts (event_id, id)
+CREATE INDEX body_conflicts_event ON body_conflicts (event_id, id);
+CREATE TABLE console_sessions (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+)
         """,
     ),
 )
