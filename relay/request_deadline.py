@@ -42,7 +42,7 @@ class BodyDeadline:
         stream = environ.get("wsgi.input")
         if stream is not None:
             environ["wsgi.input"] = _DeadlineInput(
-                stream, time.monotonic() + self.deadline_s, environ.get("gunicorn.socket")
+                stream, self.deadline_s, environ.get("gunicorn.socket")
             )
         return self.app(environ, start_response)
 
@@ -58,9 +58,10 @@ def _gevent_patched() -> bool:
 class _DeadlineInput:
     """A ``wsgi.input`` whose reads raise :class:`RequestTimeout` past the deadline."""
 
-    def __init__(self, stream: Any, deadline: float, sock: socket.socket | None) -> None:
+    def __init__(self, stream: Any, deadline_s: float, sock: socket.socket | None) -> None:
         self._stream = stream
-        self._deadline = deadline
+        self._deadline_s = deadline_s
+        self._deadline = time.monotonic() + deadline_s
         self._sock = sock
         self._gevent = _gevent_patched()
 
@@ -91,7 +92,7 @@ class _DeadlineInput:
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RD)
-        raise RequestTimeout(f"the request body did not arrive within {BODY_DEADLINE_S:.0f}s")
+        raise RequestTimeout(f"the request body did not arrive within {self._deadline_s:g}s")
 
     def read(self, size: int | None = -1) -> bytes:
         return bytes(self._call("read", size))
