@@ -163,7 +163,7 @@ def list_events() -> Response:
     )
 
 
-@bp.get("/events/<event_id>")
+@bp.get("/events/<path:event_id>")
 def show_event(event_id: str) -> Response:
     """One event with every delivery attempt."""
     event = runtime().store.get(event_id)
@@ -172,7 +172,7 @@ def show_event(event_id: str) -> Response:
     return jsonify(event.to_dict(with_attempts=True))
 
 
-@bp.post("/events/<event_id>/replay")
+@bp.post("/events/<path:event_id>/replay")
 def replay_event(event_id: str) -> Response:
     """Queue one event for delivery again (``{"force": true}`` for superseded ones)."""
     body = _json_body(allowed={"force"})

@@ -6,7 +6,9 @@ limit on wrong guesses. Shared by the API (``relay.admin``) and the console
   about how much of a guess was right.
 * The console's session cookie is signed with a key *derived* from the token
   (HMAC with a fixed label), so every gunicorn worker agrees on it without extra
-  configuration, and rotating the token signs every console user out.
+  configuration, and rotating the token signs every console user out. The cookie
+  names a session recorded in the store (by hash), so signing out ends it for every
+  copy of the cookie, not only in the browser that signed out.
 * Wrong guesses are counted per client IP in a sliding window **in this process
   only**: with N gunicorn workers an attacker gets at most N times the budget, which
   still makes guessing a 16+ character token hopeless. A limited client is refused
@@ -25,10 +27,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flask import Flask, Request, session
+from flask import Flask, Request, g, session
 from flask.sessions import SecureCookieSessionInterface
 
 from relay.errors import BadRequest, TooManyRequests
+from relay.store import Store
 
 #: Wrong tokens allowed per client IP within :data:`FAILURE_WINDOW_S`.
 MAX_FAILURES = 10
@@ -139,17 +142,48 @@ class ConsoleSessionInterface(SecureCookieSessionInterface):
         return request.is_secure or request.headers.get("X-Forwarded-Proto") == "https"
 
 
-def sign_in(now_s: float) -> None:
-    """Start a fresh signed-in session with a new CSRF token (no fixation across sign-in)."""
+def _session_hash(session_id: str) -> str:
+    # The store keeps only a hash: reading the database does not yield a usable cookie.
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def sign_in(now_s: float, sessions: Store) -> None:
+    """Start a fresh signed-in session with a new CSRF token (no fixation across sign-in),
+    recorded in the store so that signing out ends it everywhere."""
     session.clear()
+    session_id = secrets.token_urlsafe(32)
+    now_ms = int(now_s * 1000)
+    sessions.start_console_session(
+        _session_hash(session_id), now_ms=now_ms, expires_ms=now_ms + SESSION_MAX_AGE_S * 1000
+    )
     session["signed_in_at"] = int(now_s)
+    session["sid"] = session_id
     session[CSRF_FIELD] = secrets.token_urlsafe(32)
 
 
-def signed_in(now_s: float) -> bool:
-    """Whether the session is signed in and not older than :data:`SESSION_MAX_AGE_S`."""
-    at = session.get("signed_in_at")
-    return isinstance(at, int) and 0 <= now_s - at <= SESSION_MAX_AGE_S
+def signed_in(now_s: float, sessions: Store) -> bool:
+    """Whether the cookie's session is signed in, not older than :data:`SESSION_MAX_AGE_S`,
+    and not ended by a sign-out (a copy of the cookie is worthless after it)."""
+    if "relay_signed_in" in g:  # asked twice per page: the guard and the page context
+        return bool(g.relay_signed_in)
+    at, session_id = session.get("signed_in_at"), session.get("sid")
+    ok = (
+        isinstance(at, int)
+        and 0 <= now_s - at <= SESSION_MAX_AGE_S
+        and isinstance(session_id, str)
+        and sessions.console_session_valid(_session_hash(session_id), now_ms=int(now_s * 1000))
+    )
+    g.relay_signed_in = ok
+    return ok
+
+
+def sign_out(sessions: Store) -> None:
+    """End this session in the store (every copy of the cookie) and in the browser."""
+    session_id = session.get("sid")
+    if isinstance(session_id, str):
+        sessions.end_console_session(_session_hash(session_id))
+    session.clear()
+    g.relay_signed_in = False
 
 
 def csrf_token() -> str:

@@ -123,8 +123,23 @@ def sample_envelope(event_type: str, now_ms: int) -> dict[str, object]:
     }
 
 
+def endpoint_url(url: str) -> str:
+    """The webhook endpoint for what an operator typed: the relay's base URL (any path
+    prefix kept), or the full endpoint URL they just pasted into Clerk's dashboard."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from relay.ingest import PATHS
+
+    parts = urlsplit(url.strip())
+    path = parts.path.rstrip("/")
+    if not any(path.endswith(endpoint) for endpoint in PATHS):
+        path += "/webhooks/clerk"
+    return urlunsplit(parts._replace(path=path))
+
+
 def send_test_event(url: str, secret: str, event_type: str) -> tuple[int, str]:
-    """Sign and POST a sample event; (status code, response text)."""
+    """Sign and POST a sample event to ``url`` (see :func:`endpoint_url`); (status code,
+    response text)."""
     now = datetime.now(UTC)
     body = json.dumps(sample_envelope(event_type, int(time.time() * 1000)))
     msg_id = f"msg_relaytest{secrets.token_hex(8)}"
@@ -135,7 +150,7 @@ def send_test_event(url: str, secret: str, event_type: str) -> tuple[int, str]:
         "svix-signature": Webhook(secret).sign(msg_id, now, body),
     }
     reply = requests.post(
-        f"{url.rstrip('/')}/webhooks/clerk",
+        endpoint_url(url),
         data=body.encode(),
         headers=headers,
         timeout=CHECK_TIMEOUT_S,

@@ -116,10 +116,17 @@ def _table(events: list[Event]) -> str:
     )
 
 
+#: Files created by any relay command: owner read/write only (0600), directories 0700.
+PRIVATE_UMASK = 0o077
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clerk-convex-relay")
 def main() -> None:
     """Relay Clerk webhooks to Convex, durably."""
+    # Files the relay creates (the database and its -wal/-shm, metrics, locks) hold user
+    # data or describe it: readable by this user only, for every command and its children.
+    os.umask(PRIVATE_UMASK)
 
 
 @main.command()
@@ -404,7 +411,12 @@ def status(as_json: bool) -> None:
 
 
 @main.command("send-test")
-@click.option("--url", required=True, help="The relay's base URL, e.g. https://relay.fly.dev")
+@click.option(
+    "--url",
+    required=True,
+    help="The relay's base URL (https://relay.fly.dev) or the endpoint URL given to Clerk "
+    "(https://relay.fly.dev/webhooks/clerk).",
+)
 @click.option("--type", "event_type", default="user.created", show_default=True)
 @click.option("--secret", help="Signing secret (default: first CLERK_WEBHOOK_SECRET).")
 @handles_errors

@@ -76,7 +76,7 @@ def _guard() -> Response | None:
     """Signed-in sessions only (except the sign-in page); CSRF on every POST."""
     if request.method == "POST":
         adminauth.check_csrf(request.form.get(adminauth.CSRF_FIELD))
-    if request.endpoint in _OPEN_ENDPOINTS or adminauth.signed_in(time.time()):
+    if request.endpoint in _OPEN_ENDPOINTS or adminauth.signed_in(time.time(), runtime().store):
         return None
     session.pop("signed_in_at", None)
     return redirect(url_for("console.sign_in"))
@@ -105,7 +105,7 @@ def _utc(ms: int | None) -> str:
 
 @bp.context_processor
 def _page_context() -> dict[str, Any]:
-    signed = adminauth.signed_in(time.time())
+    signed = adminauth.signed_in(time.time(), runtime().store)
     return {
         "signed_in": signed,
         "csrf_token": adminauth.csrf_token,
@@ -197,14 +197,14 @@ def sign_in() -> Response | str | tuple[str, int]:
     if not adminauth.token_matches(runtime().settings.admin_token, token):
         limiter().fail(client)
         return render_template("signin.html", error="That token is not right."), 401
-    adminauth.sign_in(time.time())
+    adminauth.sign_in(time.time(), runtime().store)
     return redirect(url_for("console.events"))
 
 
 @bp.post("/signout")
 def sign_out() -> Response:
     """End the session (the CSRF check keeps other sites from signing you out)."""
-    session.clear()
+    adminauth.sign_out(runtime().store)
     flash("Signed out.")
     return redirect(url_for("console.sign_in"))
 
@@ -244,7 +244,7 @@ def events() -> str:
     )
 
 
-@bp.get("/event/<event_id>")
+@bp.get("/event/<path:event_id>")
 def event(event_id: str) -> str:
     """One event: state, every attempt and the redacted payload."""
     found = runtime().store.get(event_id)
@@ -261,7 +261,12 @@ def event(event_id: str) -> str:
 
 
 def _payload(event: Event) -> str:
-    return json.dumps(redact(event.envelope(), _known_secrets()), indent=2, ensure_ascii=False)
+    try:
+        shown = json.dumps(redact(event.envelope(), _known_secrets()), indent=2, ensure_ascii=False)
+    except RecursionError:  # stored before ingest capped nesting (relay.ingest.MAX_NESTING)
+        return f"(not shown: the payload nests too deeply to display; {len(event.body)} bytes)"
+    # A lone surrogate (JSON can carry "\ud800") cannot be sent as UTF-8: show its escape.
+    return shown.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _safe(text: str | None) -> str | None:
@@ -272,7 +277,7 @@ def _attempts(event: Event) -> list[dict[str, Any]]:
     return [{**a.to_dict(), "error": _safe(a.error)} for a in event.attempts]
 
 
-@bp.post("/event/<event_id>/replay")
+@bp.post("/event/<path:event_id>/replay")
 def replay(event_id: str) -> Response:
     """Queue one event again; the event page says what happened."""
     force = request.form.get("force") == "1"

@@ -16,6 +16,7 @@ what it means and :mod:`relay.worker` records it.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -28,12 +29,18 @@ from svix.webhooks import Webhook
 
 from relay import __version__
 from relay.convex_values import convex_safe
+from relay.deadline import POOL_CLASSES, Watchdog, track_connections
 from relay.models import Event
 from relay.normalize import normalize_event
+from relay.redact import redact_text
 from relay.settings import Settings
 
 #: Kept from a failing response for the attempts log: enough to diagnose, never a payload dump.
 ERROR_EXCERPT_CHARS = 500
+#: Most of a reply ever read: classification needs Convex's leading ``"status"`` and an
+#: excerpt. The rest is never read; its connection is dropped instead of drained, so a
+#: 100 MB reply costs 8 KiB of memory, not 200 MB.
+REPLY_READ_BYTES = 8 * 1024
 USER_AGENT = f"clerk-convex-relay/{__version__}"
 
 
@@ -72,8 +79,22 @@ class Deliverer:
         self.target_url = settings.target_url
         self._signer = Webhook(settings.forward_secret) if settings.forward_secret else None
         self._http = _connection_pool(self.target_url, settings.concurrency)
+        # RELAY_DELIVERY_TIMEOUT bounds the whole attempt (connect, send, every read):
+        # the watchdog ends it at the deadline; urllib3's own timeouts are per step.
         self._timeout = urllib3.Timeout(
             connect=settings.delivery_timeout_s, read=settings.delivery_timeout_s
+        )
+        self._watchdog = Watchdog()
+        # Upstream text is redacted where it enters the relay (here), so the attempts
+        # log, lastError, the admin API and every log line only ever see the result.
+        self._secrets = tuple(
+            s
+            for s in (
+                settings.convex_deploy_key,
+                settings.forward_secret,
+                *settings.webhook_secrets,
+            )
+            if s
         )
         # A pool of our own is asked for the path; a proxy needs the whole URL.
         self._absolute = isinstance(self._http, urllib3.ProxyManager)
@@ -129,34 +150,35 @@ class Deliverer:
         return Request(self.target_url, headers, body, function)
 
     def send(self, request: Request) -> Response:
-        """Send one attempt with the per-attempt timeout; never raises for HTTP trouble."""
+        """Send one attempt, all of it within ``RELAY_DELIVERY_TIMEOUT``; never raises for
+        HTTP trouble."""
         started = time.perf_counter()
-        try:
-            reply = self._http.urlopen(
-                "POST",
-                request.url if self._absolute else _request_target(request.url),
-                body=request.body,
-                headers={"user-agent": USER_AGENT, **request.headers},
-                timeout=self._timeout,
-                retries=False,  # the worker's schedule retries, with backoff, from the database
-                redirect=False,  # a redirect is a misconfigured URL, not a success
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            return Response(None, _ms(started), transport_error=_transport_reason(exc))
+        with self._watchdog.attempt(self.settings.delivery_timeout_s) as attempt:
+            try:
+                reply = self._http.urlopen(
+                    "POST",
+                    request.url if self._absolute else _request_target(request.url),
+                    body=request.body,
+                    headers={"user-agent": USER_AGENT, **request.headers},
+                    timeout=self._timeout,
+                    retries=False,  # the worker's schedule retries, with backoff, from the rows
+                    redirect=False,  # a redirect is a misconfigured URL, not a success
+                    preload_content=False,  # read below, at most REPLY_READ_BYTES
+                )
+                content, whole = _read_head(reply)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                reason = "timed out" if attempt.expired else _transport_reason(exc)
+                return Response(None, _ms(started), transport_error=reason)
+            if attempt.expired:  # the cut-off socket read as an early end of the body
+                return Response(None, _ms(started), transport_error="timed out")
         duration = _ms(started)
         convex_status = None
         if request.function is not None and reply.status == 200:
-            convex_status = _convex_status(reply.data)
+            convex_status = _convex_status(content, whole=whole)
         ok = 200 <= reply.status < 300 and convex_status != "error"
-        excerpt = None if ok else _excerpt(reply.data)
-        return Response(
-            reply.status,
-            duration,
-            convex_status,
-            reply.headers.get("Retry-After"),
-            None,
-            excerpt,
-        )
+        excerpt = None if ok else redact_text(_excerpt(content), self._secrets)
+        retry_after = reply.headers.get("Retry-After")
+        return Response(reply.status, duration, convex_status, retry_after, None, excerpt)
 
 
 def _connection_pool(url: str, size: int) -> urllib3.HTTPConnectionPool | urllib3.ProxyManager:
@@ -168,18 +190,40 @@ def _connection_pool(url: str, size: int) -> urllib3.HTTPConnectionPool | urllib
     ~160 us per delivery). Proxy variables (``HTTPS_PROXY``, ``NO_PROXY`` ...) are
     honoured as requests did, read once here.
     """
-    scheme = urlsplit(url).scheme
-    proxy = urllib.request.getproxies().get(scheme)
-    if proxy and not urllib.request.proxy_bypass(urlsplit(url).hostname or ""):
-        return urllib3.ProxyManager(proxy, num_pools=1, maxsize=size)
-    return urllib3.connection_from_url(url, maxsize=size)
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        manager = urllib3.ProxyManager(proxy, num_pools=1, maxsize=size)
+        track_connections(manager)
+        return manager
+    pool_class = POOL_CLASSES[parts.scheme]
+    return pool_class(parts.hostname or "", parts.port, maxsize=size)
+
+
+def _read_head(reply: urllib3.BaseHTTPResponse) -> tuple[bytes, bool]:
+    """At most REPLY_READ_BYTES of the body, and whether that was all of it. A longer
+    body's connection is closed rather than drained (or kept)."""
+    content = reply.read(REPLY_READ_BYTES + 1, decode_content=True)
+    if len(content) <= REPLY_READ_BYTES:
+        reply.release_conn()
+        return content, True
+    reply.close()  # the unread rest goes with the connection...
+    reply.release_conn()  # ...whose pool slot is free again (a closed one reconnects)
+    return content[:REPLY_READ_BYTES], False
 
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-def _convex_status(content: bytes) -> str | None:
+#: Convex's function API puts ``status`` first: ``{"status":"success","value":...}``.
+_LEADING_STATUS = re.compile(rb'\A\s*\{\s*"status"\s*:\s*"(success|error)"')
+
+
+def _convex_status(content: bytes, *, whole: bool = True) -> str | None:
+    if not whole:  # a reply cut at REPLY_READ_BYTES: its leading status field decides
+        match = _LEADING_STATUS.match(content)
+        return match.group(1).decode() if match else "error"
     try:
         value = json.loads(content)
     except ValueError:
@@ -214,9 +258,11 @@ _CONNECTION_FAILED = (
 )
 
 
-def _transport_reason(exc: urllib3.exceptions.HTTPError) -> str:
+def _transport_reason(exc: Exception) -> str:
     if isinstance(exc, _CONNECTION_FAILED):
         return "connection failed"
-    if isinstance(exc, urllib3.exceptions.TimeoutError):
+    if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
         return "timed out"
+    if isinstance(exc, OSError):  # raised by the socket itself while reading the body
+        return "connection failed"
     return type(exc).__name__

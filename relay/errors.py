@@ -10,6 +10,7 @@
     │   ├── NotFound          404   unknown route or event
     │   ├── Conflict          409   request valid but not applicable to the event's state
     │   ├── MethodNotAllowed  405   a webhook path asked with another method than POST
+    │   ├── RequestTimeout    408   the request body did not arrive in time
     │   ├── PayloadTooLarge   413   body larger than RELAY_MAX_BODY
     │   ├── TooManyRequests   429   admin token guessed too often
     │   └── StoreUnavailable  503   the store could not commit; nothing was acknowledged
@@ -89,6 +90,13 @@ class MethodNotAllowed(HTTPError):
 
     status_code = 405
     code = "method_not_allowed"
+
+
+class RequestTimeout(HTTPError):
+    """Raised when a request body is still incomplete at its deadline (a slow client)."""
+
+    status_code = 408
+    code = "request_timeout"
 
 
 class PayloadTooLarge(HTTPError):

@@ -11,14 +11,17 @@ conventionally do; ``GUNICORN_CMD_ARGS`` overrides any of this without a rebuild
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
 from gunicorn import glogging
+from gunicorn import util as gunicorn_util
 
 from relay.settings import Settings
 
@@ -42,8 +45,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY", str(max(2, len(os.sched_getaffin
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 worker_class = "gthread" if threads > 1 else "gevent"
 # Requests one gevent worker serves at once; more wait in the listen backlog. Clerk
-# sends a few at a time; 4 workers x 256 leaves room for a replayed backlog.
-worker_connections = 256
+# sends a few at a time, but slow or stalled clients hold slots until the body deadline
+# (relay.request_deadline, 10 s): 1,000 per worker (gunicorn's default; a waiting
+# greenlet costs a few KiB) keeps several hundred of them from starving ingest.
+worker_connections = 1000
 # Ingest is a signature check plus one commit: a request still running after 30 s is stuck.
 timeout = 30
 # Above the 10 s delivery timeout, so a SIGTERM never cuts a request that is committing
@@ -201,6 +206,28 @@ logconfig_dict: dict[str, Any] = {
 }
 
 
+# --- gunicorn's own error pages: JSON like every other error ----------------------------------
+def json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's ``util.write_error``, in the relay's error shape instead of HTML.
+
+    gunicorn answers requests it cannot parse (a bad ``Content-Length`` is 400, an
+    over-long request line 414, too many or too large headers 431) before the app sees
+    them; the contract says every error is ``{"error", "detail"}`` JSON.
+    """
+    code = re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_") or "bad_request"
+    body = json.dumps({"error": code, "detail": str(mesg)[:300]}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+# Replaced where gunicorn's workers look it up (``util.write_error``): this module is
+# loaded by the master before it forks them.
+gunicorn_util.write_error = json_error
+
+
 # --- hooks ---------------------------------------------------------------------------------
 def post_worker_init(worker: Any) -> None:
     """Say when a worker has loaded the app and starts accepting connections.
@@ -210,6 +237,16 @@ def post_worker_init(worker: Any) -> None:
     connection, and a keep-alive client stays on the worker it reached first.
     """
     structlog.get_logger("gunicorn.error").info("worker_ready", pid=os.getpid())
+
+
+def worker_exit(server: object, worker: Any) -> None:
+    """Close the worker's store while gevent still runs: a PostgreSQL pool left to the
+    interpreter's exit is collected after the hub is gone and prints a traceback (not
+    JSON) to the log."""
+    app = getattr(worker, "wsgi", None)
+    runtime = getattr(app, "extensions", {}).get("relay")
+    if runtime is not None:
+        runtime.close()
 
 
 def child_exit(server: object, worker: Any) -> None:

@@ -11,6 +11,7 @@ from relay import metrics
 from relay.errors import StoreError
 from relay.models import TargetHealth
 from relay.store import Store
+from relay.store.sqlite import SQLiteStore
 from relay.web import runtime
 
 bp = Blueprint("health", __name__)
@@ -41,6 +42,9 @@ def readyz() -> tuple[Response, int]:
     except StoreError as exc:
         checks["store"] = f"store does not answer: {exc}"
         checks["worker"] = "unknown"
+    checks["ingest"] = _ingest_check()
+    if isinstance(rt.store, SQLiteStore) and rt.store.committer_lost():
+        checks["committer"] = "the group committer stopped answering; relay serve restarts it"
     failing = sorted(name for name, state in checks.items() if state != "ok")
     body: dict[str, object] = {"status": "ok" if not failing else "unavailable", "checks": checks}
     # Detail, not a check: with Convex down the relay still accepts and keeps events.
@@ -57,6 +61,16 @@ def target_detail(store: Store, target: str) -> dict[str, object] | None:
     except StoreError:
         return None
     return (health or TargetHealth(target)).to_dict()
+
+
+def _ingest_check() -> str:
+    """Whether ingest can store events now: a 503 in the last
+    :data:`~relay.metrics.INGEST_FAILING_HOLD_S` with no event stored since says no."""
+    failed_at = metrics.ingest_failed_at_s()
+    age_s = time.time() - failed_at
+    if failed_at > 0 and age_s < metrics.INGEST_FAILING_HOLD_S:
+        return f"storing an event failed {age_s:.0f}s ago and none was stored since"
+    return "ok"
 
 
 @bp.get("/metrics")

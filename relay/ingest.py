@@ -18,7 +18,10 @@ Every other path and method goes on to Flask, except other methods on these path
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import math
+import re
 import time
 from collections.abc import Iterable
 from http import HTTPStatus
@@ -114,7 +117,30 @@ def receive(runtime: Runtime, environ: WSGIEnvironment, fields: dict[str, Any]) 
         raise
     outcome = fields["outcome"] = "accepted" if new else "duplicate"
     _received(event_type, outcome).inc()
+    if not new:
+        _check_duplicate(runtime.store, event)
     return {"status": outcome, "id": svix.id}
+
+
+def _check_duplicate(store: Store, event: NewEvent) -> None:
+    """A redelivery should carry the stored bytes. If it does not, the first body stays
+    (it may be delivered already), but the difference is logged, counted and kept on the
+    event: a signed body that changed under one svix-id is worth a look."""
+    try:
+        stored = store.get(event.id)
+        if stored is None or stored.body == event.body:
+            return
+        received = hashlib.sha256(event.body).hexdigest()
+        log.warning(
+            "duplicate_body_differs",
+            svix_id=event.id,
+            stored_sha256=hashlib.sha256(stored.body).hexdigest(),
+            received_sha256=received,
+        )
+        metrics.BODY_CONFLICTS.inc()
+        store.record_body_conflict(event.id, body_sha256=received, now_ms=event.received_at_ms)
+    except StoreError as exc:  # the answer stands: the first body is stored either way
+        log.error("duplicate_check_failed", svix_id=event.id, error=str(exc))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -147,10 +173,51 @@ def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
     return bytes(body)
 
 
+#: Deepest nesting of objects and arrays a body may have. Clerk's own payloads are a
+#: handful of levels deep and Convex refuses values past 64; 128 leaves room for any
+#: metadata a Convex deployment could take, and keeps every stored event within what the
+#: console, the admin API and normalization can walk.
+MAX_NESTING = 128
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+def _too_deep(body: bytes, limit: int = MAX_NESTING) -> bool:
+    """Whether ``body`` nests objects/arrays past ``limit``, found without parsing it
+    (``json.loads`` recurses once per level and fails with RecursionError)."""
+    if body.count(b"[") + body.count(b"{") <= limit:  # C-speed: the usual answer
+        return False
+    depth = 0
+    for byte in _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", body)):
+        depth += 1 if byte in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+class _NotJSON(ValueError):
+    """A value JSON (RFC 8259) has no place for, though Python's parser would take it."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJSON(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to inf
+        raise _NotJSON(f"number {text[:40]} is out of range")
+    return value
+
+
 def _parse(body: bytes) -> dict[str, Any]:
+    if _too_deep(body):
+        raise BadRequest(f"body nests deeper than {MAX_NESTING} levels", code="bad_body")
     try:
-        envelope = json.loads(body)
-    except ValueError:
+        envelope = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+    except _NotJSON as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", code="bad_body") from None
+    except (ValueError, RecursionError):
         raise BadRequest("body is not JSON", code="bad_body") from None
     if not isinstance(envelope, dict):
         raise BadRequest("body is not a JSON object", code="bad_body")
@@ -180,14 +247,27 @@ def _insert_again(store: Store, event: NewEvent) -> bool:
     return store.insert(event)
 
 
+#: When this process last told readiness that ingest stores events again (monotonic s).
+_cleared_at = -math.inf
+#: A success re-clears readiness at most this often (a gauge write is a locked mmap write).
+_CLEAR_EVERY_S = 1.0
+
+
 def _commit(store: Store, event: NewEvent) -> bool:
+    global _cleared_at  # process-wide: the rate limit of one gauge write
     try:
         try:
             # The first try is a plain call: tenacity's bookkeeping costs ~20 us a
             # request (measured), and almost every insert succeeds the first time.
-            return store.insert(event)
+            new = store.insert(event)
         except StoreError:
-            return _insert_again(store, event)
+            new = _insert_again(store, event)
     except StoreError as exc:
         log.error("ingest_commit_failed", error=str(exc))
+        metrics.INGEST_FAILED_AT.set(time.time())
+        _cleared_at = -math.inf
         raise StoreUnavailable("the event could not be stored; retry later") from exc
+    if (now := time.monotonic()) - _cleared_at >= _CLEAR_EVERY_S:
+        metrics.INGEST_FAILED_AT.set(0)
+        _cleared_at = now
+    return new

@@ -16,6 +16,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -45,11 +46,45 @@ TARGET_TRANSITIONS = Counter(
     "Target health changes made by this process, by the state entered.",
     ["state"],
 )
+BODY_CONFLICTS = Counter(
+    "relay_duplicate_body_conflicts_total",
+    "Deliveries under an already stored svix-id whose body differed (the first is kept).",
+)
 ATTEMPT_SECONDS = Histogram(
     "relay_delivery_attempt_seconds",
     "Duration of one delivery attempt to Convex.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+#: Readiness fails this long after ingest last failed to store an event, unless an event
+#: was stored since. It lapses on its own so that a load balancer that stops sending
+#: traffic to an unready relay lets the next webhook find out whether the store is back.
+INGEST_FAILING_HOLD_S = 30.0
+INGEST_FAILED_AT = Gauge(
+    "relay_ingest_commit_failed_at_seconds",
+    "When ingest last answered 503 because the store could not commit (epoch seconds); "
+    "0 once an event was stored after that.",
+    # The newest write of any process wins: a failure in one gunicorn worker is seen by
+    # /readyz in every worker, and a success anywhere clears it.
+    multiprocess_mode="livemostrecent",
+)
+
+
+def ingest_failed_at_s(multiprocess_dir: str | None = None) -> float:
+    """:data:`INGEST_FAILED_AT` as /metrics would show it (every process's newest value)."""
+    reg = CollectorRegistry()
+    if multiprocess_dir := multiprocess_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(reg, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        families = reg.collect()
+    else:
+        families = INGEST_FAILED_AT.collect()
+    for family in families:
+        for sample in family.samples:
+            if sample.name == "relay_ingest_commit_failed_at_seconds":
+                return float(sample.value)
+    return 0.0
 
 
 class StoreCollector(Collector):

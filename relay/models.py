@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,6 +17,10 @@ from typing import Any
 #: Clerk's envelope ``timestamp`` is milliseconds, but its spec examples use seconds.
 #: Anything below this (year 2001 in ms, year 33658 in s) is taken to be seconds.
 _SECONDS_CUTOFF = 1_000_000_000_000
+#: Times at or past this (2^53 ms, the year 287,396) are not times Clerk sends: such a
+#: value is "unknown time" and the event is ordered by when it arrived. The bound also
+#: keeps every stored time inside SQLite's and PostgreSQL's 64-bit integers.
+MAX_TIME_MS = 2**53
 
 
 class Status(StrEnum):
@@ -43,12 +48,34 @@ PURGEABLE = frozenset({Status.DELIVERED, Status.SKIPPED, Status.SUPERSEDED})
 
 
 def to_ms(value: object) -> int | None:
-    """Clerk timestamp (seconds or milliseconds, int or float) as epoch ms, else None."""
+    """Clerk timestamp (seconds or milliseconds, int or float) as epoch ms, else None.
+
+    None ("unknown time") also for values Clerk would never send: NaN, infinities and
+    anything at or past :data:`MAX_TIME_MS`.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if value <= 0:
         return None
-    return int(value * 1000) if value < _SECONDS_CUTOFF else int(value)
+    ms = int(value * 1000) if value < _SECONDS_CUTOFF else int(value)
+    return ms if ms < MAX_TIME_MS else None
+
+
+def storable_text(value: object) -> str | None:
+    """A string from the body as a text column can hold it, or None if not a string.
+
+    JSON can carry what UTF-8 text columns cannot: lone surrogates (``"\\ud800"``, which
+    SQLite's driver cannot encode) and NUL (which PostgreSQL's ``text`` refuses). Such a
+    string is kept as its JSON escape, so it stays recognisable and the event storable;
+    the body itself is stored as bytes, untouched.
+    """
+    if not isinstance(value, str):
+        return None
+    if "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value):
+        return json.dumps(value)[1:-1]
+    return value
 
 
 def object_key(envelope: Mapping[str, Any]) -> str | None:
@@ -60,8 +87,8 @@ def object_key(envelope: Mapping[str, Any]) -> str | None:
     data = envelope.get("data")
     if not isinstance(data, Mapping):
         return None
-    obj, oid = data.get("object"), data.get("id")
-    if not isinstance(obj, str) or not isinstance(oid, str) or not oid:
+    obj, oid = storable_text(data.get("object")), storable_text(data.get("id"))
+    if obj is None or not oid:
         return None
     return f"{obj}:{oid}"
 
@@ -130,21 +157,18 @@ class NewEvent:
         """Build from the parsed envelope; every ordering field is derived here, once."""
         data = envelope.get("data")
         data = data if isinstance(data, Mapping) else {}
-        obj = data.get("object")
-        oid = data.get("id")
-        instance = envelope.get("instance_id")
         return cls(
             id=event_id,
-            type=str(envelope["type"]),
+            type=storable_text(envelope["type"]) or str(envelope["type"]),
             body=body,
             received_at_ms=received_at_ms,
             status=status,
-            object=obj if isinstance(obj, str) else None,
-            entity_id=oid if isinstance(oid, str) else None,
+            object=storable_text(data.get("object")),
+            entity_id=storable_text(data.get("id")),
             object_key=object_key(envelope),
             occurred_at_ms=to_ms(envelope.get("timestamp")),
             updated_at_ms=to_ms(data.get("updated_at")),
-            instance_id=instance if isinstance(instance, str) else None,
+            instance_id=storable_text(envelope.get("instance_id")),
         )
 
 
@@ -171,6 +195,17 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class BodyConflict:
+    """A delivery under an already stored svix-id whose body differed (it was dropped)."""
+
+    at_ms: int
+    body_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at_ms, "bodySha256": self.body_sha256}
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """A stored event with its delivery state."""
 
@@ -193,6 +228,7 @@ class Event:
     delivered_at_ms: int | None = None
     force: bool = False
     attempts: tuple[Attempt, ...] = field(default=())
+    body_conflicts: tuple[BodyConflict, ...] = field(default=())
 
     @property
     def order(self) -> tuple[int, int]:
@@ -228,6 +264,7 @@ class Event:
         }
         if with_attempts:
             out["attempts"] = [a.to_dict() for a in self.attempts]
+            out["bodyConflicts"] = [c.to_dict() for c in self.body_conflicts]
         return out
 
 

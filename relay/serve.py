@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 
 import structlog
@@ -30,6 +32,7 @@ from relay.settings import Settings
 from relay.store import open_store
 from relay.store.committer import Committer
 from relay.store.sqlite import SQLiteStore
+from relay.worker import REPEAT_SIGNAL_WINDOW_S
 
 log = structlog.get_logger("relay.serve")
 
@@ -45,7 +48,8 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     store = open_store(settings.database_url)
     store.migrate()
     # SQLite: this process commits for the web workers (group commit, see committer.py).
-    stop_committer = Committer(store).start() if isinstance(store, SQLiteStore) else None
+    committer = Committer(store) if isinstance(store, SQLiteStore) else None
+    stop_committer = committer.start() if committer is not None else None
 
     env = dict(os.environ)
     owned_metrics_dir = None
@@ -87,13 +91,19 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     )
 
     stopping = threading.Event()
+    first_signal_at: list[float] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        if stopping.is_set():  # second signal: do not wait any longer
+        if stopping.is_set():
+            # A repeat within the window is the same stop (a process-group signal, or
+            # systemd signalling the whole unit); a later one means "do not wait".
+            if first_signal_at and time.monotonic() - first_signal_at[0] < REPEAT_SIGNAL_WINDOW_S:
+                return
             for proc in children.values():
                 proc.kill()
             return
         stopping.set()
+        first_signal_at.append(time.monotonic())
         log.info("serve_stopping", signal=signal.Signals(signum).name)
         for proc in children.values():
             if proc.poll() is None:
@@ -102,7 +112,16 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
 
-    code = _wait_any(children, stopping)
+    def tend() -> None:
+        """Restart the committer if its thread died (it must not; if it did, ingest
+        commits directly meanwhile and /readyz says so)."""
+        nonlocal stop_committer
+        if committer is None or stop_committer is None or committer.alive():
+            return
+        log.error("committer_died")
+        stop_committer = committer.start() or stop_committer
+
+    code = _wait_any(children, stopping, tend)
     if not stopping.is_set():
         log.error("serve_child_exited", child=code[0], returncode=code[1])
         forward(signal.SIGTERM, None)
@@ -120,13 +139,17 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
 
 
 def _wait_any(
-    children: dict[str, subprocess.Popen[bytes]], stopping: threading.Event
+    children: dict[str, subprocess.Popen[bytes]],
+    stopping: threading.Event,
+    tend: Callable[[], None] = lambda: None,
 ) -> tuple[str, int]:
-    """Block until a signal arrives ("", 0) or a child exits (its name and code)."""
+    """Block until a signal arrives ("", 0) or a child exits (its name and code);
+    ``tend`` runs on every look (it restarts the committer)."""
     while not stopping.is_set():
         for name, proc in children.items():
             if (rc := proc.poll()) is not None:
                 return (name, rc) if not stopping.is_set() else ("", 0)
+        tend()
         stopping.wait(0.2)
     return "", 0
 

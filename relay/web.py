@@ -49,6 +49,13 @@ class Runtime:
                     self._store = store
         return self._store
 
+    def close(self) -> None:
+        """Close the store if it was opened (a gunicorn worker on its way out)."""
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
 
 def runtime() -> Runtime:
     """The :class:`Runtime` of the current app."""
@@ -73,6 +80,7 @@ def build_app(settings: Settings | None = None) -> Flask:
 
     from relay.health import bp as health_bp
     from relay.ingest import IngestEndpoint
+    from relay.request_deadline import BodyDeadline
 
     app.register_blueprint(health_bp)
     if settings.admin_token:
@@ -87,6 +95,8 @@ def build_app(settings: Settings | None = None) -> Flask:
     app.after_request(_log_request)
     # Outermost, so Clerk's deliveries skip the rest of the stack (see relay.ingest).
     app.wsgi_app = IngestEndpoint(app.wsgi_app, app.extensions["relay"])  # type: ignore[method-assign]
+    # Around everything: no request may wait for its body forever (relay.request_deadline).
+    app.wsgi_app = BodyDeadline(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

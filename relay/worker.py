@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 import os
 import queue
 import random
@@ -53,6 +54,8 @@ BURST_CLAIM_EVERY_S = 1.0
 #: Niceness of delivery threads under ``relay worker --low-priority`` (relay serve).
 LOW_PRIORITY_NICE = 19
 HEARTBEAT_INTERVAL_S = 5.0
+#: A stop signal repeated within this many seconds of the first is the same stop.
+REPEAT_SIGNAL_WINDOW_S = 1.0
 
 
 class Worker:
@@ -77,7 +80,9 @@ class Worker:
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.poll_interval_s = poll_interval_s
-        # A lease outlives the slowest attempt; only a dead worker lets one expire.
+        # A lease outlives the slowest attempt (at most the delivery timeout: the
+        # Deliverer enforces it as a deadline) plus its outcome write (retried for at most
+        # half a lease), so only a dead worker lets one expire.
         self.lease_ms = int((settings.delivery_timeout_s * 2 + 30) * 1000)
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -90,7 +95,9 @@ class Worker:
         self.low_priority = low_priority
         self._recorder: Recorder | None = None
         self.burst_claim_every_s = BURST_CLAIM_EVERY_S
-        self._last_claim = 0.0  # time.monotonic() of the last claim
+        # Pacing reads the injected clock like everything else (a monotonic clock's zero
+        # is boot time, so a first claim "at 0.0" looked recent on a fresh machine).
+        self._last_claim = -math.inf  # self.clock() of the last claim
         self._deferred_since: float | None = None  # a burst is holding claims back
         self._defer_until = 0.0
         self.health = TargetHealthTracker(
@@ -112,17 +119,27 @@ class Worker:
         self._wake.set()
 
     def install_signal_handlers(self) -> None:
-        """First SIGTERM/SIGINT: warm shutdown. Second: exit now (leases expire, retried)."""
+        """First SIGTERM/SIGINT: warm shutdown. Another one more than
+        :data:`REPEAT_SIGNAL_WINDOW_S` later: exit now (leases expire, events retried).
+
+        A repeat inside the window is the same request arriving twice, not a user's
+        second signal: a terminal's Ctrl-C and systemd's ``KillMode=control-group``
+        signal every process of the unit, and ``relay serve`` forwards its own
+        SIGTERM too (rq ignores repeats the same way).
+        """
+        first_at: list[float] = []
 
         def handle(signum: int, _frame: FrameType | None) -> None:
-            if self._stopping.is_set():
-                log.warning("worker_cold_shutdown", signal=signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            now = time.monotonic()
+            if first_at and now - first_at[0] < REPEAT_SIGNAL_WINDOW_S:
+                log.info("worker_signal_repeated", signal=name)
+                return
+            if first_at:
+                log.warning("worker_cold_shutdown", signal=name)
                 os._exit(1)
-            log.info(
-                "worker_stopping",
-                signal=signal.Signals(signum).name,
-                in_flight=len(self._in_flight),
-            )
+            first_at.append(now)
+            log.info("worker_stopping", signal=name, in_flight=len(self._in_flight))
             self.stop()
 
         signal.signal(signal.SIGTERM, handle)
@@ -168,7 +185,7 @@ class Worker:
             if due_ms <= self.now_ms():
                 self._next_due_ms = 2**63  # due now: this pass claims it
         wait_s = min(self.poll_interval_s, (due_ms - self.now_ms()) / 1000)
-        defer_s = self._defer_until - time.monotonic()
+        defer_s = self._defer_until - self.clock()
         if self._deferred_since is not None and defer_s > 0:  # look again when it may be over
             wait_s = min(wait_s, defer_s)
         if self._gate_wait_s > 0:  # the target is not up: until the next probe may be due
@@ -196,7 +213,7 @@ class Worker:
         if gate is Gate.WAIT:
             return
         limit = 1 if gate is Gate.PROBE else free
-        self._last_claim = time.monotonic()
+        self._last_claim = self.clock()
         try:
             events = self.store.claim(
                 self.worker_id, now_ms=self.now_ms(), lease_ms=self.lease_ms, limit=limit
@@ -212,7 +229,7 @@ class Worker:
 
     def _deferring(self) -> bool:
         """Whether to leave the CPUs to an ingest burst now instead of claiming."""
-        now = time.monotonic()
+        now = self.clock()
         burst_s = self.store.ingest_burst_s()
         next_claim = self._last_claim + self.burst_claim_every_s
         if burst_s > 0 and now < next_claim:

@@ -1,7 +1,7 @@
 """Real-looking Clerk event histories, and the Convex rows they must end in.
 
 Shared by ``test_e2e_convex.py``, ``test_convergence.py`` and ``bench/convergence.py``.
-Every event is a copy of a shipped Clerk fixture (``shared/fixtures/clerk``) with new
+Every event is a copy of a shipped Clerk fixture (``tests/fixtures/clerk``) with new
 ids, names and times, so payloads keep Clerk's full shape (metadata, event attributes,
 email address objects). The expected rows are the *true* final state: what Clerk
 holds after the last event, mapped to rows by examples/convex's documented rules,

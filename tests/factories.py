@@ -16,16 +16,15 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECOND_SECRET = "whsec_plJ3nmyCDGBKInavdOK15jsl"
 FORWARD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-if not FIXTURES.exists():  # CI lays shared/ beside the clone; developers have ../shared
-    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+# The repository carries its own test data (sources in tests/fixtures/SOURCES.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CLERK_FIXTURES = sorted((FIXTURES / "clerk").glob("*.json"))
 
 _ids = itertools.count(1)
 
 
 def fixture_paths() -> list[Path]:
-    """Every Clerk example payload shipped in shared/fixtures."""
+    """Every Clerk example payload shipped in tests/fixtures/clerk."""
     if not CLERK_FIXTURES:
         raise RuntimeError(f"no Clerk fixtures under {FIXTURES}")
     return CLERK_FIXTURES

@@ -490,3 +490,49 @@ class StoreContract:
         assert runs[0].dry_run is True and runs[0].summary is None
         assert [r.id for r in store.reconcile_runs(limit=10, status=RunStatus.REQUESTED)] == [asked]
         assert store.reconcile_runs(limit=1) == [runs[0]]
+
+    # -- issue 13 ---------------------------------------------------------------------------
+
+    def test_body_conflicts_are_kept_on_the_event_and_purged_with_it(self, store: Store) -> None:
+        """Conflicting bodies recorded under a stored id show on get(), oldest first, and
+        go when the event is purged."""
+        store.insert(make_event(event_id="msg_c", status=Status.SKIPPED, received_at_ms=NOW))
+        store.insert(make_event(event_id="msg_other"))
+        assert store.get("msg_c").body_conflicts == ()  # type: ignore[union-attr]
+        store.record_body_conflict("msg_c", body_sha256="a" * 64, now_ms=NOW + 1)
+        store.record_body_conflict("msg_c", body_sha256="b" * 64, now_ms=NOW + 2)
+        got = store.get("msg_c")
+        assert got is not None
+        assert [(c.at_ms, c.body_sha256) for c in got.body_conflicts] == [
+            (NOW + 1, "a" * 64),
+            (NOW + 2, "b" * 64),
+        ]
+        assert got.to_dict(with_attempts=True)["bodyConflicts"][0]["bodySha256"] == "a" * 64
+        assert store.body_conflicts("msg_other") == ()
+        assert store.purge(older_than_ms=NOW + 1) == 1
+        assert store.body_conflicts("msg_c") == ()
+
+    def test_text_a_column_cannot_hold_is_stored_as_its_escape(self, store: Store) -> None:
+        """Lone surrogates and NUL in the fields kept as columns are stored escaped (SQLite's
+        driver cannot encode the one, PostgreSQL's text refuses the other)."""
+        store.insert(make_event("user.\x00x", event_id="msg_odd", entity_id="user_\ud800\x00"))
+        got = store.get("msg_odd")
+        assert got is not None
+        assert (got.type, got.entity_id) == ("user.\\u0000x", "user_\\ud800\\u0000")
+        assert got.object_key == "user:user_\\ud800\\u0000"
+
+    def test_console_sessions_start_end_and_expire(self, store: Store) -> None:
+        """A started session is valid until it is ended or expires; starting one drops
+        expired ones."""
+        store.start_console_session("s1", now_ms=NOW, expires_ms=NOW + 100)
+        store.start_console_session("s2", now_ms=NOW, expires_ms=NOW + 100)
+        assert store.console_session_valid("s1", now_ms=NOW + 99)
+        assert not store.console_session_valid("s1", now_ms=NOW + 100)
+        assert not store.console_session_valid("unknown", now_ms=NOW)
+        store.end_console_session("s1")
+        store.end_console_session("unknown")
+        assert not store.console_session_valid("s1", now_ms=NOW)
+        assert store.console_session_valid("s2", now_ms=NOW)
+        store.start_console_session("s3", now_ms=NOW + 200, expires_ms=NOW + 300)
+        assert not store.console_session_valid("s2", now_ms=NOW)  # pruned as expired
+        assert store.console_session_valid("s3", now_ms=NOW + 250)

@@ -398,7 +398,7 @@ def test_openapi_document_describes_every_admin_route(app: Flask) -> None:
         (path, m.upper()) for path, ops in doc["paths"].items() for m in ops if m != "parameters"
     }
     served = {
-        (r.rule.replace("<event_id>", "{eventId}"), m)
+        (r.rule.replace("<path:event_id>", "{eventId}"), m)
         for r in app.url_map.iter_rules()
         if r.endpoint.startswith("admin_api.")
         for m in r.methods - {"HEAD", "OPTIONS"}

@@ -395,9 +395,33 @@ def test_send_test_reaches_a_running_relay_and_is_stored(tmp_path: Path) -> None
         assert result.returncode == 0, result.stdout + result.stderr
         reply = json.loads(result.stdout.removeprefix("HTTP 200 "))
         assert reply["status"] == "accepted"
+        # The URL an operator just pasted into Clerk's dashboard works too.
+        pasted = live.cli("send-test", "--url", f"{live.url}/webhooks/clerk")
+        assert pasted.returncode == 0, pasted.stdout + pasted.stderr
         store = live.open_store()
         event = store.get(reply["id"])
+        pasted_event = store.get(json.loads(pasted.stdout.removeprefix("HTTP 200 "))["id"])
         store.close()
     assert event is not None
     assert event.type == "user.updated"
     assert event.status == Status.PENDING
+    assert pasted_event is not None and pasted_event.type == "user.created"
+
+
+@pytest.mark.parametrize(
+    ("typed", "endpoint"),
+    [
+        ("https://relay.example.com", "https://relay.example.com/webhooks/clerk"),
+        ("https://relay.example.com/", "https://relay.example.com/webhooks/clerk"),
+        ("https://relay.example.com/webhooks/clerk", "https://relay.example.com/webhooks/clerk"),
+        ("https://relay.example.com/webhooks/clerk/", "https://relay.example.com/webhooks/clerk"),
+        ("https://x.example/clerk-users-webhook", "https://x.example/clerk-users-webhook"),
+        ("https://x.example/relay/", "https://x.example/relay/webhooks/clerk"),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000/webhooks/clerk"),
+    ],
+)
+def test_send_test_takes_a_base_or_an_endpoint_url(typed: str, endpoint: str) -> None:
+    """send-test posts to the endpoint whether given the base URL or the endpoint itself."""
+    from relay.check import endpoint_url
+
+    assert endpoint_url(typed) == endpoint

@@ -11,6 +11,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from relay import create_app
 from relay.models import NewEvent, Status
+from relay.settings import Settings
 from relay.store.committer import (
     BURST_WINDOW,
     ERROR,
@@ -272,3 +275,45 @@ def test_relay_serve_commits_ingest_through_its_committer(tmp_path: Path) -> Non
     assert sorted(stored_ids(tmp_path / "relay.db")) == sorted(bodies)
     stopped = [json.loads(line) for line in log.splitlines() if "committer_stopped" in line]
     assert [line["events"] for line in stopped] == [40]
+
+
+def test_an_event_the_database_cannot_take_does_not_stop_the_committer(
+    store: SQLiteStore, committer: Committer
+) -> None:
+    """An insert failing with something other than StoreError (an integer past SQLite's
+    64 bits raises OverflowError) is refused for that request alone; the committer lives
+    on and commits the next event itself."""
+    client = CommitClient(store.path)
+    overflowing = NewEvent(**{**_fields(make_event(event_id="msg_big")), "updated_at_ms": 10**20})
+    assert client.insert(overflowing) is None  # the sender commits (or fails) by itself
+    assert committer.alive()
+    assert client.insert(make_event(event_id="msg_next")) is True
+    assert committer.events == 2
+    client.close()
+    assert stored_ids(store.path) == ["msg_next"]
+
+
+def test_readiness_names_a_committer_that_stopped_answering(
+    settings: Settings, store: SQLiteStore
+) -> None:
+    """Once the committer served this process, /readyz fails while it does not answer
+    and recovers when relay serve has started it again."""
+    client = create_app(settings).test_client()
+    store.heartbeat("w1", now_ms=int(time.time() * 1000))
+    c = Committer(SQLiteStore(store.path))
+    stop = c.start()
+    assert stop is not None
+    body = json.dumps(make_envelope()).encode()
+    assert (
+        client.post("/webhooks/clerk", data=body, headers=signed_headers(body)).status_code == 200
+    )
+    assert c.events == 1  # through the committer
+    assert "committer" not in client.get("/readyz").get_json()["checks"]
+    stop()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["failing"] == ["committer"]
+    stop = c.start()
+    assert stop is not None
+    assert client.get("/readyz").status_code == 200
+    stop()
+    c.store.close()

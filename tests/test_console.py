@@ -300,3 +300,123 @@ def test_banner_when_the_target_is_down(app: Flask, store: Store) -> None:
     )
     page = client.get("/admin/").get_data(as_text=True)
     assert "Convex is down since 2m ago: HTTP 503 server error" in page
+
+
+# -- every stored event can be viewed and replayed (issue 13 item 11) -----------------------
+
+
+def _post_raw(client: FlaskClient, body: bytes, msg_id: str) -> None:
+    from .factories import signed_headers
+
+    response = client.post(
+        "/webhooks/clerk", data=body, headers=signed_headers(body, msg_id=msg_id)
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def _view_and_replay(client: FlaskClient, event_id: str) -> str:
+    """The event's console page, admin API entry, and a console and an API replay."""
+    from urllib.parse import quote
+
+    from .adminkit import BEARER
+
+    path = quote(event_id, safe="/")
+    page = client.get(f"/admin/event/{path}")
+    assert page.status_code == 200, page.get_data(as_text=True)
+    api = client.get(f"/admin/events/{path}", headers=BEARER)
+    assert api.status_code == 200 and api.get_json()["id"] == event_id
+    token = csrf(client, f"/admin/event/{path}")
+    replayed = client.post(f"/admin/event/{path}/replay", data={"csrf_token": token, "force": "1"})
+    assert replayed.status_code == 302
+    assert store_of(client).get(event_id).status is Status.PENDING  # type: ignore[union-attr]
+    # Now pending, so the API refuses (409 naming the event), which it can only do
+    # because the route found it.
+    again = client.post(f"/admin/events/{path}/replay", json={"force": True}, headers=BEARER)
+    assert again.status_code == 409 and again.get_json()["error"] == "conflict"
+    return page.get_data(as_text=True)
+
+
+def store_of(client: FlaskClient) -> Store:
+    from relay.web import Runtime
+
+    runtime: Runtime = client.application.extensions["relay"]
+    return runtime.store
+
+
+@pytest.fixture
+def skipping_app(relay_settings: Settings) -> Flask:
+    """Events are stored skipped (so they can be replayed at once, with force)."""
+    return create_app(relay_settings.with_overrides(events=("nothing.*",)))
+
+
+def test_an_event_with_lone_surrogates_can_be_viewed_and_replayed(
+    skipping_app: Flask, store: Store
+) -> None:
+    """JSON's "\\ud800" (a lone surrogate) in any field is accepted, stored, shown as its
+    escape on the event page (it cannot be sent as UTF-8) and replayed."""
+    client = signed_in(skipping_app)
+    body = (
+        b'{"type":"user.updated","timestamp":1700000000000,"data":{"object":"user",'
+        b'"id":"user_\\ud800","first_name":"A\\udfffB","email":"\\u0000x"}}'
+    )
+    _post_raw(client, body, "msg_surrogate")
+    event = store.get("msg_surrogate")
+    assert event is not None and event.entity_id == "user_\\ud800"
+    page = _view_and_replay(client, "msg_surrogate")
+    assert "A\\udfffB" in page
+
+
+def test_an_svix_id_with_slashes_can_be_viewed_and_replayed(
+    skipping_app: Flask, store: Store
+) -> None:
+    """svix-ids are any printable text; one holding '/' is still one event's address."""
+    client = signed_in(skipping_app)
+    body = json.dumps({"type": "user.updated", "data": {"object": "user", "id": "u"}}).encode()
+    _post_raw(client, body, "msg/with/slashes")
+    assert "msg/with/slashes" in _view_and_replay(client, "msg/with/slashes")
+
+
+def test_an_event_stored_before_the_nesting_cap_can_be_viewed_and_replayed(
+    skipping_app: Flask, store: Store
+) -> None:
+    """An event nesting 600 levels (ingest took such bodies before it capped nesting)
+    is shown without its payload instead of failing the page."""
+    client = signed_in(skipping_app)
+    deep = b'{"type":"user.updated","data":{"object":"user","id":"u","x":'
+    deep += b"[" * 600 + b"]" * 600 + b"}}"
+    store.insert(
+        NewEvent.from_envelope(
+            "msg_deep",
+            deep,
+            {"type": "user.updated"},
+            received_at_ms=int(time.time() * 1000),
+            status=Status.SKIPPED,
+        )
+    )
+    assert "nests too deeply" in _view_and_replay(client, "msg_deep")
+
+
+def test_the_event_page_lists_bodies_that_differed(app: Flask, store: Store) -> None:
+    """Conflicting bodies recorded for an event are listed on its page by hash."""
+    store.insert(make_event(event_id="msg_conflict"))
+    store.record_body_conflict("msg_conflict", body_sha256="f" * 64, now_ms=1_700_000_000_000)
+    page = signed_in(app).get("/admin/event/msg_conflict").get_data(as_text=True)
+    assert "Different bodies under this id (1)" in page and "f" * 64 in page
+
+
+def test_signing_out_ends_every_copy_of_the_session(relay_settings: Settings) -> None:
+    """A cookie copied before sign-out (another tab, a stolen copy, another worker) is
+    refused after it: the session is ended in the store, not only in the browser."""
+    first, second = create_app(relay_settings), create_app(relay_settings)
+    client = signed_in(first)
+    cookie = client.get_cookie("relay_console", path="/admin")
+    assert cookie is not None
+    out = client.post("/admin/signout", data={"csrf_token": csrf(client, "/admin/")})
+    assert out.status_code == 302
+    for app in (first, second):
+        copy = app.test_client()
+        copy.set_cookie("relay_console", cookie.value, path="/admin")
+        response = copy.get("/admin/")
+        assert response.status_code == 302
+        assert response.headers["Location"].endswith("/admin/signin")
+    assert signed_in(first).get("/admin/").status_code == 200  # signing in again works

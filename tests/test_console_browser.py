@@ -75,8 +75,8 @@ def _until(what: str, check: Callable[[], Any], timeout_s: float = WAIT_S) -> An
         try:
             if value := check():
                 return value
-        except (urllib.error.URLError, ConnectionError):
-            pass
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not up yet (a worker still booting on a loaded machine may not answer)
         time.sleep(0.1)
     pytest.fail(f"timed out waiting for {what}")
 

@@ -188,11 +188,17 @@ def test_full_disk_answers_503_acknowledges_nothing_and_recovers(
             assert response.json()["error"]
             assert set(response.json()) == {"error", "detail"}
             assert "Traceback" not in response.text
+            # Readiness says so, whichever gunicorn worker answers it.
+            ready = relay.get("/readyz")
+            assert ready.status_code == 503 and "ingest" in ready.json()["failing"], ready.text
 
             filler.unlink()
             assert store.get(msg_id) is None  # nothing kept for the 503
             again = relay.post_event(envelope, msg_id)  # Clerk's retry
             assert again.json() == {"status": "accepted", "id": msg_id}
+            wait_until(
+                lambda: relay.get("/readyz").json()["checks"]["ingest"] == "ok", 10, "readiness"
+            )
             wait_until(
                 lambda: delivered_all(store, [*acked, msg_id]), 60, "delivery after recovery"
             )

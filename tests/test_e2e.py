@@ -8,7 +8,9 @@ relay's re-signed Svix headers exactly as Convex's template does.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -543,3 +545,37 @@ def test_sigterm_finishes_the_attempt_in_flight_and_exits_0(tmp_path: Path) -> N
         assert event.status == Status.DELIVERED
         assert [a.status_code for a in event.attempts] == [200]
         assert "worker_stopped" in relay.log()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["systemd", "ctrl-c"])
+def test_a_signal_to_the_whole_process_group_is_a_warm_stop(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """systemd (KillMode=control-group) and a terminal's Ctrl-C signal every process of
+    relay serve at once, and serve forwards SIGTERM too: the worker takes the repeat as
+    the same stop, finishes the attempt in flight and everything exits 0."""
+    with TrackingStandIn(FORWARD_SECRET).running() as cx:
+        cx.script.hang_s = 2.0
+        env = relay_env(
+            tmp_path,
+            CONVEX_SITE_URL=cx.url,
+            RELAY_FORWARD_SECRET=FORWARD_SECRET,
+            RELAY_DELIVERY_TIMEOUT="10s",
+        )
+        msg_id = new_id()
+        with RelayProcess(tmp_path, env) as relay:
+            relay.post_event(make_envelope("user.created", entity_id="user_group"), msg_id)
+            wait_until(lambda: msg_id in cx.entered, 20, "the attempt to reach Convex")
+            assert relay.proc is not None
+            os.killpg(relay.pid, signum)
+            returncode = relay.proc.wait(40)
+            log = relay.log()
+        assert returncode == 0, log
+        assert "worker_cold_shutdown" not in log
+        if signum == signal.SIGINT:  # two SIGTERMs may merge into one in the kernel
+            assert "worker_signal_repeated" in log
+        assert cx.delivery_count(msg_id) == 1
+        store = SQLiteStore.from_url(env["RELAY_DATABASE_URL"])
+        event = store.get(msg_id)
+        store.close()
+        assert event is not None and event.status == Status.DELIVERED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,144 @@ def test_forwarded_for_is_trusted_only_when_configured(settings: Settings) -> No
             environ_base={"REMOTE_ADDR": "10.0.0.1"},
         )
     assert seen == ["10.0.0.1", "203.0.113.9"]
+
+
+# -- hostile numbers and nesting (issue 13, items 1 and 2) ---------------------------------
+
+
+def _body(timestamp: str = "1795752300000", updated_at: str = "1795752300000") -> bytes:
+    data = f'{{"id":"user_x","object":"user","updated_at":{updated_at}}}'
+    return f'{{"type":"user.updated","timestamp":{timestamp},"data":{data}}}'.encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (_body(timestamp="NaN"), "NaN is not a JSON number"),
+        (_body(updated_at="Infinity"), "Infinity is not a JSON number"),
+        (_body(updated_at="-Infinity"), "-Infinity is not a JSON number"),
+        (_body(timestamp="1e400"), "out of range"),
+        (_body(updated_at="-1e400"), "out of range"),
+        (b'{"type":"user.updated","data":' + b"[" * 1000 + b"]" * 1000 + b"}", "deeper than"),
+        (b"[" * 100_000 + b"]" * 100_000, "deeper than"),
+        (b'{"type":"user.updated","x":' + b"[" * 128 + b"]" * 128 + b"}", "deeper than"),
+    ],
+    ids=[
+        "nan",
+        "infinity",
+        "minus-infinity",
+        "1e400",
+        "minus-1e400",
+        "1000-deep",
+        "100k-deep",
+        "129-deep",
+    ],
+)
+def test_signed_bodies_json_cannot_hold_are_400_not_500(
+    client: FlaskClient, store: SQLiteStore, body: bytes, detail: str
+) -> None:
+    """NaN, infinities, overflowing floats and nesting past MAX_NESTING are a 400 naming
+    the problem (json.loads takes the first three and recurses on the last)."""
+    code, reply = post(client, body)
+    assert (code, reply["error"]) == (400, "bad_body")
+    assert detail in str(reply["detail"])
+    assert sum(store.counts().values()) == 0
+
+
+def test_nesting_up_to_the_limit_is_accepted(client: FlaskClient, store: SQLiteStore) -> None:
+    """128 levels (counting the envelope) are still an event; brackets inside strings
+    do not count."""
+    from relay.ingest import MAX_NESTING
+
+    inner = b"[" * (MAX_NESTING - 1) + b"]" * (MAX_NESTING - 1)
+    body = b'{"type":"user.updated","s":"' + b"[{" * 500 + b'\\"[","x":' + inner + b"}"
+    headers = signed_headers(body)
+    assert post(client, body, headers)[0] == 200
+    assert store.get(headers["svix-id"]) is not None
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "updated_at", "times"),
+    [
+        ("1795752300000", "99999999999999999999", (1795752300000, None)),  # the reported body
+        ("1e300", "1795752300000", (None, 1795752300000)),
+        (str(2**63 + 1), str(2**64), (None, None)),
+        ("-5", "1.5e308", (None, None)),
+        ("true", '"yesterday"', (None, None)),
+    ],
+    ids=["updated-at-2^66", "timestamp-1e300", "above-2^63", "negative-and-huge", "wrong-types"],
+)
+def test_times_clerk_never_sends_are_stored_as_unknown_time(
+    client: FlaskClient,
+    store: SQLiteStore,
+    timestamp: str,
+    updated_at: str,
+    times: tuple[int | None, int | None],
+) -> None:
+    """A signed event whose times are out of any real range is kept (never a 500): it is
+    ordered as "unknown time", by when it arrived."""
+    body = _body(timestamp, updated_at)
+    headers = signed_headers(body)
+    code, reply = post(client, body, headers)
+    assert (code, reply) == (200, {"status": "accepted", "id": headers["svix-id"]})
+    event = store.get(headers["svix-id"])
+    assert event is not None and event.body == body
+    assert (event.occurred_at_ms, event.updated_at_ms) == times
+    assert event.order == (times[0] or event.received_at_ms, times[1] or 0)
+
+
+def test_readiness_fails_while_ingest_cannot_store(settings: Settings, tmp_path: Path) -> None:
+    """While inserts fail (disk full), /readyz is 503 naming the ingest check; the next
+    event stored clears it."""
+    db = tmp_path / "relay.db"
+    app = create_app(settings.with_overrides(database_url=f"sqlite:///{db}"))
+    client = app.test_client()
+    assert post(client, json.dumps(make_envelope("user.created")).encode())[0] == 200
+    store = SQLiteStore(db)
+    store.heartbeat("w1", now_ms=int(time.time() * 1000))
+    assert "ingest" not in client.get("/readyz").get_json().get("failing", [])
+    store._conn().execute(
+        "CREATE TRIGGER no_more BEFORE INSERT ON events "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    assert post(client, json.dumps(make_envelope("user.updated")).encode())[0] == 503
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["failing"] == ["ingest"]
+    assert "failed" in ready.get_json()["checks"]["ingest"]
+    store._conn().execute("DROP TRIGGER no_more")
+    store.close()
+    assert post(client, json.dumps(make_envelope("user.deleted")).encode())[0] == 200
+    assert client.get("/readyz").get_json()["checks"]["ingest"] == "ok"
+
+
+def test_same_svix_id_with_another_body_keeps_the_first_and_says_so(
+    client: FlaskClient, store: SQLiteStore
+) -> None:
+    """A redelivery whose signed body differs is answered duplicate and dropped, but
+    logged with both hashes, counted and shown on the event (it used to pass silently)."""
+    import hashlib
+
+    from structlog.testing import capture_logs
+
+    from relay import metrics
+
+    first = json.dumps(make_envelope("user.updated", first_name="Ada")).encode()
+    second = json.dumps(make_envelope("user.updated", first_name="Eve")).encode()
+    assert post(client, first, signed_headers(first, msg_id="msg_twice"))[0] == 200
+    before = metrics.BODY_CONFLICTS._value.get()
+    with capture_logs() as logs:
+        code, reply = post(client, second, signed_headers(second, msg_id="msg_twice"))
+        same = post(client, first, signed_headers(first, msg_id="msg_twice"))
+    assert (code, reply) == (200, {"status": "duplicate", "id": "msg_twice"})
+    assert same == (200, {"status": "duplicate", "id": "msg_twice"})
+    [warning] = [e for e in logs if e["event"] == "duplicate_body_differs"]
+    assert warning["log_level"] == "warning"
+    assert warning["stored_sha256"] == hashlib.sha256(first).hexdigest()
+    assert warning["received_sha256"] == hashlib.sha256(second).hexdigest()
+    assert "Eve" not in json.dumps(logs)  # hashes, never the payload
+    assert metrics.BODY_CONFLICTS._value.get() == before + 1
+    event = store.get("msg_twice")
+    assert event is not None and event.body == first
+    shown = event.to_dict(with_attempts=True)["bodyConflicts"]
+    assert [c["bodySha256"] for c in shown] == [hashlib.sha256(second).hexdigest()]

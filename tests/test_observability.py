@@ -199,11 +199,11 @@ def test_rejections_are_counted(relay: RelayProcess) -> None:
 
 
 def test_readyz_reports_store_and_worker(relay: RelayProcess) -> None:
-    """/readyz is 200 with both checks ok while serve's worker runs."""
+    """/readyz is 200 with every check ok while serve's worker runs."""
     body = wait_until(
         lambda: (r := relay.get("/readyz")).status_code == 200 and r.json(), 20, "readiness"
     )
-    assert body["checks"] == {"store": "ok", "worker": "ok"}
+    assert body["checks"] == {"store": "ok", "worker": "ok", "ingest": "ok"}
 
 
 def test_readyz_names_a_missing_worker(tmp_path: Path, standin: TrackingStandIn) -> None:

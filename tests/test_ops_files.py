@@ -119,7 +119,7 @@ def test_gunicorn_workers_follow_the_environment(gunicorn_cfg: Callable[..., Con
     default = gunicorn_cfg()
     cpus = len(os.sched_getaffinity(0))
     assert (default.workers, default.worker_class_str) == (max(2, cpus), "gevent")
-    assert default.worker_connections == 256
+    assert default.worker_connections == 1000
     assert default.preload_app is False  # gevent patches after the fork: no preloaded locks
     tuned = gunicorn_cfg(WEB_CONCURRENCY="3", GUNICORN_THREADS="4")
     assert (tuned.workers, tuned.threads, tuned.worker_class_str) == (3, 4, "gthread")
@@ -265,3 +265,37 @@ def test_child_exit_forgets_dead_worker_metrics(
     gunicorn_cfg().child_exit(None, SimpleNamespace(pid=4242))
     assert not dead.exists()
     assert alive.exists()
+
+
+#: Requests gunicorn refuses itself, and its status for each.
+_REFUSED_BY_GUNICORN = [
+    (b"POST /webhooks/clerk HTTP/1.1\r\nHost: r\r\nContent-Length: abc\r\n\r\n", 400),
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: r\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: r\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
+]
+
+
+def test_errors_gunicorn_answers_itself_are_json(tmp_path: Path) -> None:
+    """Requests gunicorn refuses before the app sees them (bad Content-Length, an
+    over-long request line, an oversized header) get the relay's JSON error shape, not
+    gunicorn's HTML page."""
+    import socket
+
+    from .relay_process import RelayProcess, relay_env
+
+    env = relay_env(tmp_path, CONVEX_SITE_URL="http://127.0.0.1:9")
+    answers = []
+    with RelayProcess(tmp_path, env, ("serve", "--web-only")) as relay:
+        for request_bytes, _status in _REFUSED_BY_GUNICORN:
+            with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+                sock.sendall(request_bytes)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            answers.append(answer)
+    for answer, (_request, status) in zip(answers, _REFUSED_BY_GUNICORN, strict=True):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+        assert b"content-type: application/json" in head.lower()
+        reply = json.loads(body)
+        assert set(reply) == {"error", "detail"} and reply["error"]

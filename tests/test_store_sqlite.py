@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from relay.store import local, open_store
 from relay.store.sqlite import SQLiteStore
@@ -146,3 +149,37 @@ def test_a_purge_gives_the_space_back_to_the_file_system(tmp_path: Path) -> None
     assert store._query("PRAGMA auto_vacuum")[0][0] == 2  # incremental
     assert after < before / 4, (before, after)
     store.close()
+
+
+def test_database_files_are_created_readable_by_their_owner_only(tmp_path: Path) -> None:
+    """relay.db, -wal and -shm are 0600 even under a permissive umask: they hold user data."""
+    previous = os.umask(0o022)
+    try:
+        store = SQLiteStore(tmp_path / "private" / "relay.db")
+        store.migrate()
+        store.insert(make_event())
+        modes = {
+            p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "private").glob("relay.db*")
+        }
+        store.close()
+    finally:
+        os.umask(previous)
+    assert {"relay.db", "relay.db-wal", "relay.db-shm"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes
+
+
+def test_a_database_others_can_read_is_warned_about_at_start(tmp_path: Path) -> None:
+    """A file made before (or copied in) with a wider mode is named in a warning."""
+    path = tmp_path / "relay.db"
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    store = SQLiteStore(path)
+    with capture_logs() as logs:
+        store.migrate()
+    store.close()
+    warned = [e for e in logs if e["event"] == "database_file_mode"]
+    # SQLite gave the -wal and -shm files the database's mode: all three are named.
+    assert [(e["path"], e["mode"]) for e in warned] == [
+        (f"{path}{suffix}", "0o644") for suffix in ("", "-wal", "-shm")
+    ]
+    assert warned[0]["log_level"] == "warning"

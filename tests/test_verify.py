@@ -223,3 +223,20 @@ def test_verifier_needs_a_secret() -> None:
     """An empty secret list is a programming error, caught at construction."""
     with pytest.raises(ValueError, match="secret"):
         Verifier([])
+
+
+def test_the_verdict_depends_on_now_s_alone() -> None:
+    """A public vector verifies at its own timestamp with svix's clock left alone (the
+    svix library's verify() would re-read the wall clock and call it too old), and a
+    fresh signature is stale at a ``now_s`` ten minutes on."""
+    vector = _vector("svix-docs-canonical")
+    headers = _headers(vector["msg_id"], vector["timestamp"], vector["expected_signature"])
+    body = _payload(vector).encode()
+    got = Verifier([vector["secret"]]).verify(body, headers, now_s=float(vector["timestamp"]))
+    assert got.id == vector["msg_id"]
+    fresh = b'{"type":"user.created"}'
+    signed = signed_headers(fresh)
+    later = float(signed["svix-timestamp"]) + 600
+    with pytest.raises(Unauthorized) as err:
+        Verifier([SECRET]).verify(fresh, signed, now_s=later)
+    assert err.value.code == "stale_timestamp"

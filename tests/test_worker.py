@@ -669,11 +669,43 @@ def test_a_burst_that_never_ends_cannot_starve_delivery(
     store = seeded(BurstingStore, tmp_path / "burst.db", 12)
     worker = make_worker(settings, store, convex, concurrency=4)
     worker.burst_claim_every_s = 0.2
+    clock = worker.clock
+    assert isinstance(clock, Clock)
+
+    def delivered_all() -> bool:
+        clock.now += 0.05  # the worker paces itself by its clock
+        return store.counts().get("delivered") == 12
+
     runner = threading.Thread(target=worker.run, daemon=True)
     runner.start()
     try:
-        wait_until(lambda: store.counts().get("delivered") == 12, 10, "every delivery")
+        wait_until(delivered_all, 10, "every delivery")
     finally:
         worker.stop()
         runner.join(timeout=10)
     assert store.bursting  # delivered while the burst was still on
+
+
+def test_burst_pacing_follows_the_injected_clock(
+    settings: Settings, tmp_path: Path, convex: ConvexStandIn
+) -> None:
+    """The first claim of a burst is never held back, and the next comes when the
+    worker's own clock says burst_claim_every_s has passed (not the machine's uptime)."""
+    store = seeded(BurstingStore, tmp_path / "burst.db", 8)
+    clock = Clock()
+    worker = make_worker(settings, store, convex, clock=clock, concurrency=4)
+    # Minutes, not more: the stand-in checks the signature's timestamp against real time.
+    worker.burst_claim_every_s = 240
+    runner = threading.Thread(target=worker.run, daemon=True)
+    with capture_logs() as logs:
+        runner.start()
+        try:
+            wait_until(lambda: store.counts().get("delivered") == 4, 10, "the first claim")
+            wait_until(lambda: any(e["event"] == "deliveries_deferred" for e in logs), 10)
+            assert store.counts().get("delivered") == 4
+            clock.now += 240  # four minutes on the worker's clock; the burst still on
+            wait_until(lambda: store.counts().get("delivered") == 8, 10, "the next claim")
+        finally:
+            worker.stop()
+            runner.join(timeout=10)
+    assert store.bursting

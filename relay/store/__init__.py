@@ -19,6 +19,7 @@ from typing import Protocol
 
 from relay.models import (
     Attempt,
+    BodyConflict,
     Event,
     EventFilter,
     NewEvent,
@@ -144,6 +145,22 @@ class Store(Protocol):
 
     def reconcile_runs(self, *, limit: int, status: RunStatus | None = None) -> list[ReconcileRun]:
         """Reconcile runs, newest first, optionally only those in ``status``."""
+
+    def record_body_conflict(self, event_id: str, *, body_sha256: str, now_ms: int) -> None:
+        """Note that a delivery under ``event_id``'s svix-id carried a different body
+        (the stored one is kept); :meth:`get` shows them as ``body_conflicts``."""
+
+    def body_conflicts(self, event_id: str) -> tuple[BodyConflict, ...]:
+        """The recorded conflicting bodies of one event, oldest first."""
+
+    def start_console_session(self, session_hash: str, *, now_ms: int, expires_ms: int) -> None:
+        """Record a signed-in console session (by the hash of its id); drops expired ones."""
+
+    def console_session_valid(self, session_hash: str, *, now_ms: int) -> bool:
+        """Whether that session was started, has not ended and has not expired."""
+
+    def end_console_session(self, session_hash: str) -> None:
+        """End a console session (sign-out); unknown ones are ignored."""
 
     def ping(self) -> None:
         """Raise :class:`~relay.errors.StoreError` unless the database answers."""

@@ -8,6 +8,7 @@ their locking differs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 from relay.models import (
     PURGEABLE,
     Attempt,
+    BodyConflict,
     Event,
     EventFilter,
     Outcome,
@@ -142,7 +144,9 @@ class SQLStoreBase(RunsAndLeases):
             f"SELECT {sql.ATTEMPT_COLUMNS} FROM attempts WHERE event_id = {ph} ORDER BY id",
             (event_id,),
         )
-        return sql.row_to_event(rows[0], tuple(map(sql.row_to_attempt, attempts)))
+        event = sql.row_to_event(rows[0], tuple(map(sql.row_to_attempt, attempts)))
+        conflicts = self.body_conflicts(event_id)
+        return dataclasses.replace(event, body_conflicts=conflicts) if conflicts else event
 
     def list_events(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
         ph = self.PH
@@ -180,11 +184,12 @@ class SQLStoreBase(RunsAndLeases):
                 ]
                 if seqs:
                     these = ", ".join([ph] * len(seqs))
-                    conn.execute(
-                        "DELETE FROM attempts WHERE event_id IN"
-                        f" (SELECT id FROM events WHERE seq IN ({these}))",
-                        seqs,
-                    )
+                    for table in ("attempts", "body_conflicts"):
+                        conn.execute(
+                            f"DELETE FROM {table} WHERE event_id IN"
+                            f" (SELECT id FROM events WHERE seq IN ({these}))",
+                            seqs,
+                        )
                     conn.execute(f"DELETE FROM events WHERE seq IN ({these})", seqs)
             total += len(seqs)
             if seqs:
@@ -307,6 +312,46 @@ class SQLStoreBase(RunsAndLeases):
 
     def notify(self) -> None:
         raise NotImplementedError
+
+    # -- same svix-id, different body (issue 13) --------------------------------------------
+
+    def record_body_conflict(self, event_id: str, *, body_sha256: str, now_ms: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT INTO body_conflicts (event_id, at, body_sha256) VALUES ({self.PH},"
+                f" {self.PH}, {self.PH})",
+                (event_id, now_ms, body_sha256),
+            )
+
+    def body_conflicts(self, event_id: str) -> tuple[BodyConflict, ...]:
+        rows = self._query(
+            f"SELECT at, body_sha256 FROM body_conflicts WHERE event_id = {self.PH} ORDER BY id",
+            (event_id,),
+        )
+        return tuple(BodyConflict(at, digest) for at, digest in rows)
+
+    # -- console sessions (issue 13) -------------------------------------------------------
+
+    def start_console_session(self, session_hash: str, *, now_ms: int, expires_ms: int) -> None:
+        ph = self.PH
+        with self._tx() as conn:
+            conn.execute(f"DELETE FROM console_sessions WHERE expires_at <= {ph}", (now_ms,))
+            conn.execute(
+                f"INSERT INTO console_sessions (id, created_at, expires_at) VALUES ({ph}, {ph},"
+                f" {ph})",
+                (session_hash, now_ms, expires_ms),
+            )
+
+    def console_session_valid(self, session_hash: str, *, now_ms: int) -> bool:
+        rows = self._query(
+            f"SELECT 1 FROM console_sessions WHERE id = {self.PH} AND expires_at > {self.PH}",
+            (session_hash, now_ms),
+        )
+        return bool(rows)
+
+    def end_console_session(self, session_hash: str) -> None:
+        with self._tx() as conn:
+            conn.execute(f"DELETE FROM console_sessions WHERE id = {self.PH}", (session_hash,))
 
 
 def _row_to_health(row: Sequence[Any]) -> TargetHealth:

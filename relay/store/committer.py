@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
-from relay.errors import StoreError
 from relay.models import NewEvent, Status
 from relay.store.local import abstract_name
 
@@ -120,6 +119,7 @@ class CommitClient:
         self._idle: list[socket.socket] = []
         self._pid = os.getpid()
         self._retry_at = 0.0
+        self._reached = False  # a committer answered this process at least once
 
     def insert(self, event: NewEvent) -> bool | None:
         """True if stored, False if the id was already stored, None if not committed here.
@@ -164,7 +164,22 @@ class CommitClient:
             sock.close()
             self._retry_at = time.monotonic() + RECONNECT_AFTER_S
             return None
+        self._reached = True
         return sock
+
+    def lost(self) -> bool:
+        """Whether a committer that served this process no longer answers (it died, or
+        ``relay serve`` is restarting it): ingest still commits, slowly, by itself.
+        False where none ever ran (a plain gunicorn), since then none is expected."""
+        if not self._reached:
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(self.timeout_s)
+            try:
+                probe.connect(self.name)
+            except OSError:
+                return True
+        return False
 
     def _release(self, sock: socket.socket) -> None:
         if len(self._idle) < MAX_IDLE_CONNECTIONS and self._pid == os.getpid():
@@ -213,6 +228,7 @@ class Committer:
         self._last_commit_end = 0.0
         self._mean_batch = 1.0  # moving average of events per commit
         self._last_wake = 0.0
+        self._thread: threading.Thread | None = None
 
     def start(self) -> Callable[[], None] | None:
         """Listen and commit in a thread; returns its stop function, or None if another
@@ -228,6 +244,7 @@ class Committer:
         thread = threading.Thread(
             target=self._serve, args=(listener, stopped), name="relay-committer", daemon=True
         )
+        self._thread = thread
         thread.start()
         log.info("committer_started", database=self.store.url_for_display)
 
@@ -243,6 +260,10 @@ class Committer:
 
         return stop
 
+    def alive(self) -> bool:
+        """Whether the committing thread runs (``relay serve`` restarts it if not)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _serve(self, listener: socket.socket, stopped: threading.Event) -> None:
         # Any number of connections (gevent workers keep one per request in flight), so
         # not select(2). epoll counts in whole milliseconds: the commit delay sleeps.
@@ -251,21 +272,34 @@ class Committer:
         peers: dict[socket.socket, _Peer] = {}
         try:
             while not stopped.is_set():
-                batch = self._gather(listener, selector, peers, POLL_S)
-                if batch and len(peers) > len(batch) and self._busy():
-                    # Others are connected and may be mid-request: give them a moment to
-                    # join this transaction rather than pay for a commit of their own.
-                    time.sleep(COMMIT_DELAY_S)
-                    batch += self._gather(listener, selector, peers, 0)
-                if batch:
-                    self._last_batch = len(batch)
-                    self._commit(batch, selector, peers)
-                    self._last_commit_end = time.monotonic()
+                try:
+                    self._once(listener, selector, peers)
+                except Exception as exc:  # a bug here must not stop every later commit
+                    log.error("committer_error", error=str(exc), error_type=type(exc).__name__)
+                    for peer in list(peers.values()):  # their requests commit by themselves
+                        self._forget(peer, selector, peers)
         finally:
             for peer in list(peers.values()):
                 self._forget(peer, selector, peers)
             selector.close()
             listener.close()
+
+    def _once(
+        self,
+        listener: socket.socket,
+        selector: selectors.BaseSelector,
+        peers: dict[socket.socket, _Peer],
+    ) -> None:
+        batch = self._gather(listener, selector, peers, POLL_S)
+        if batch and len(peers) > len(batch) and self._busy():
+            # Others are connected and may be mid-request: give them a moment to
+            # join this transaction rather than pay for a commit of their own.
+            time.sleep(COMMIT_DELAY_S)
+            batch += self._gather(listener, selector, peers, 0)
+        if batch:
+            self._last_batch = len(batch)
+            self._commit(batch, selector, peers)
+            self._last_commit_end = time.monotonic()
 
     def observe(self, batch: int) -> None:
         """Count a commit of ``batch`` events into the burst detector."""
@@ -355,10 +389,17 @@ class Committer:
             due = any(
                 new and e.status == Status.PENDING for new, e in zip(stored, events, strict=True)
             )
-        except StoreError as exc:
+        except Exception as exc:
             # The whole transaction rolled back: every sender commits its own event,
             # so one bad event (or a full disk) is isolated to the requests it concerns.
-            log.error("committer_commit_failed", error=str(exc), events=len(events))
+            # Any exception, not only StoreError: one event the database cannot take
+            # (an integer past 64 bits was one) must not end the thread for everyone.
+            log.error(
+                "committer_commit_failed",
+                error=str(exc),
+                error_type=type(exc).__name__,
+                events=len(events),
+            )
             replies = [ERROR] * len(events)
         self.batches += 1
         self.events += len(events)

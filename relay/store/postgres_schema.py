@@ -126,6 +126,27 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """,
     ),
     (
+        4,
+        # Issue 13. body_conflicts: bodies that arrived under an already stored svix-id but
+        # differ from it (the first is kept and delivered; these are shown on the event).
+        # console_sessions: signed-in console sessions by the hash of their id, so that
+        # signing out ends every copy of the cookie.
+        """
+        CREATE TABLE body_conflicts (
+            id BIGSERIAL PRIMARY KEY,
+            event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+            at BIGINT NOT NULL,
+            body_sha256 TEXT NOT NULL
+        );
+        CREATE INDEX body_conflicts_event ON body_conflicts (event_id, id);
+        CREATE TABLE console_sessions (
+            id TEXT PRIMARY KEY,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL
+        );
+        """,
+    ),
+    (
         5,
         # relay reconcile: its run history, and the lease that lets exactly one worker
         # run the scheduled reconcile (relay/store/runs.py).

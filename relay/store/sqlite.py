@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from relay.errors import StoreError
 from relay.models import (
     Attempt,
@@ -35,6 +37,13 @@ from relay.store.sqlite_schema import apply_migrations
 
 #: Free pages handed back to the file system after each purge batch.
 VACUUM_PAGES = 2000
+
+log = structlog.get_logger("relay.store")
+
+#: Mode of the database file, and so of its -wal and -shm files (SQLite copies it).
+PRIVATE_FILE_MODE = 0o600
+_SIDE_FILES = ("-wal", "-shm")
+
 #: WAL size (pages of 4 KiB) at which a ``sync_commits=False`` connection checkpoints.
 RELAXED_CHECKPOINT_PAGES = 10_000
 
@@ -70,6 +79,9 @@ class SQLiteStore(SQLStoreBase):
         if conn is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Created 0600 whatever the umask: SQLite gives the -wal and -shm files
+                # the database file's mode, and all three hold users' data.
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
                 conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
                 # Only takes effect on a new file (before its first table): purged space
                 # then goes back to the file system (see _reclaim_space).
@@ -115,11 +127,32 @@ class SQLiteStore(SQLStoreBase):
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
 
+    def committer_lost(self) -> bool:
+        """See :meth:`CommitClient.lost` (readiness reports it)."""
+        return self._committer.lost()
+
     # -- verbs -------------------------------------------------------------------------
 
     def migrate(self) -> None:
         with self._tx() as conn:
             apply_migrations(conn)
+        self.warn_on_open_modes()
+
+    def warn_on_open_modes(self) -> list[Path]:
+        """Log a warning for each database file others may read (made before the relay
+        created its files 0600, or copied in); returns them."""
+        wide = []
+        for path in (self.path, *(self.path.with_name(self.path.name + s) for s in _SIDE_FILES)):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mode & 0o077:
+                    wide.append(path)
+                    log.warning(
+                        "database_file_mode",
+                        path=str(path),
+                        mode=oct(path.stat().st_mode & 0o777),
+                        fix=f"chmod 600 {path}",
+                    )
+        return wide
 
     def insert(self, event: NewEvent) -> bool:
         # Through the committer when one runs (it shares one fsync among concurrent

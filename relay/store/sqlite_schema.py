@@ -105,6 +105,28 @@ CREATE TABLE targets (
         """,
     ),
     (
+        3,
+        # Issue 13. body_conflicts: bodies that arrived under an already stored svix-id but
+        # differ from it (the first is kept and delivered; these are shown on the event;
+        # purged with it by Store.purge).
+        # console_sessions: signed-in console sessions by the hash of their id, so that
+        # signing out ends every copy of the cookie.
+        """
+CREATE TABLE body_conflicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    body_sha256 TEXT NOT NULL
+);
+CREATE INDEX body_conflicts_event ON body_conflicts (event_id, id);
+CREATE TABLE console_sessions (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+)
+        """,
+    ),
+    (
         4,
         # relay reconcile: its run history, and the lease that lets exactly one worker
         # run the scheduled reconcile (relay/store/runs.py).
