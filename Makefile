@@ -55,6 +55,7 @@ node-deps: emulator/node_modules/.package-lock.json examples/convex/node_modules
 
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
 

@@ -10,51 +10,19 @@ a web request never waits minutes for Clerk).
 
 from __future__ import annotations
 
-import time
 from importlib import resources
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from relay import adminauth
 from relay.adminquery import parse_filter, parse_list_query
-from relay.errors import BadRequest, Conflict, NotFound, Unauthorized
-from relay.models import Event, EventFilter, ReconcileRun, RunStatus, Status
-from relay.settings import Settings
-from relay.store import Store
-from relay.store.sql import replayable_statuses
-from relay.web import runtime
+from relay.errors import BadRequest, NotFound, Unauthorized
+from relay.reconcile_schedule import RECONCILE_RUNS_SHOWN, ask_for_reconcile
+from relay.replay import matching_ids, replay_one, replay_selection
+from relay.webcontext import now_ms, runtime
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin")
-
-#: Ids fetched per query when counting a dry run (bounded memory on huge backlogs).
-_SCAN_PAGE = 1000
-
-
-def register_admin(app: Flask, settings: Settings) -> None:
-    """Mount the API and the console; called by the app factory when a token is set."""
-    from relay.console import bp as console_bp
-
-    assert settings.admin_token  # noqa: S101 - the factory only calls us with a token
-    app.secret_key = adminauth.session_key(settings.admin_token)
-    app.session_interface = adminauth.ConsoleSessionInterface()
-    app.extensions["relay_admin_limiter"] = adminauth.FailureLimiter()
-    app.register_blueprint(bp)
-    app.register_blueprint(console_bp)
-    app.register_error_handler(adminauth.LimitedError, _render_limited)
-
-
-def limiter() -> adminauth.FailureLimiter:
-    """This process's wrong-token counter."""
-    from flask import current_app
-
-    lim: adminauth.FailureLimiter = current_app.extensions["relay_admin_limiter"]
-    return lim
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
 
 # -- auth ------------------------------------------------------------------------------
 
@@ -64,12 +32,12 @@ def _require_bearer() -> None:
     if request.endpoint == "admin_api.openapi":
         return  # the description is public (it ships with the code); the data is not
     client = adminauth.client_ip(request)
-    limiter().check(client)
+    adminauth.limiter().check(client)
     presented = adminauth.bearer_token(request)
     if presented is None:
         raise Unauthorized("send Authorization: Bearer <RELAY_ADMIN_TOKEN>")
     if not adminauth.token_matches(runtime().settings.admin_token, presented):
-        limiter().fail(client)  # only guesses count; a forgotten header is not one
+        adminauth.limiter().fail(client)  # only guesses count; a forgotten header is not one
         raise Unauthorized("the admin token is wrong")
     g.log_fields = {**g.get("log_fields", {}), "admin": True}
 
@@ -80,62 +48,6 @@ def _challenge(response: Response) -> Response:
         response.headers["WWW-Authenticate"] = 'Bearer realm="relay-admin"'
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-def _render_limited(exc: adminauth.LimitedError) -> tuple[Response, int]:
-    response = jsonify(exc.to_dict())
-    response.headers["Retry-After"] = str(exc.retry_after_s)
-    response.headers["Cache-Control"] = "no-store"
-    return response, exc.status_code
-
-
-# -- shared verbs (API and console) -------------------------------------------------------
-
-
-def replay_one(store: Store, event_id: str, *, force: bool) -> Event:
-    """Queue one event again; :class:`NotFound` or :class:`Conflict` says why not."""
-    event = store.get(event_id)
-    if event is None:
-        raise NotFound(f"no event {event_id!r}")
-    if not store.replay(EventFilter(ids=(event_id,)), now_ms=now_ms(), force=force):
-        if event.status is Status.PENDING:
-            raise Conflict("the event is already pending (queued or in flight)")
-        if event.status is Status.SUPERSEDED:
-            raise Conflict("a newer event of this object was delivered; replay with force")
-        raise Conflict(f"a {event.status} event cannot be replayed right now")
-    replayed = store.get(event_id)
-    assert replayed is not None  # noqa: S101 - replay never deletes
-    return replayed
-
-
-def matching_ids(store: Store, flt: EventFilter, *, force: bool) -> list[str]:
-    """Ids a bulk replay of ``flt`` would queue (the dry run's answer)."""
-    allowed = tuple(Status(s) for s in replayable_statuses(flt, force=force))
-    if not allowed:
-        return []
-    scan = EventFilter(
-        statuses=allowed,
-        type_glob=flt.type_glob,
-        entity_id=flt.entity_id,
-        since_ms=flt.since_ms,
-        until_ms=flt.until_ms,
-        ids=flt.ids,
-    )
-    ids: list[str] = []
-    cursor = None
-    while True:
-        page = store.list_events(scan, limit=_SCAN_PAGE, cursor=cursor)
-        ids += [e.id for e in page.events]
-        if page.next_cursor is None:
-            return ids
-        cursor = page.next_cursor
-
-
-def replay_selection(store: Store, flt: EventFilter, *, force: bool) -> list[str]:
-    """Queue every replayable event matching ``flt``; the ids queued."""
-    if not replayable_statuses(flt, force=force):
-        return []  # e.g. status=pending: nothing to do (and ``IN ()`` is not valid SQL)
-    return store.replay(flt, now_ms=now_ms(), force=force)
 
 
 # -- routes ------------------------------------------------------------------------------
@@ -176,7 +88,7 @@ def show_event(event_id: str) -> Response:
 def replay_event(event_id: str) -> Response:
     """Queue one event for delivery again (``{"force": true}`` for superseded ones)."""
     body = _json_body(allowed={"force"})
-    event = replay_one(runtime().store, event_id, force=_flag(body, "force"))
+    event = replay_one(runtime().store, event_id, force=_flag(body, "force"), now_ms=now_ms())
     return jsonify({"queued": 1, "ids": [event.id], "event": event.to_dict()})
 
 
@@ -201,7 +113,7 @@ def replay_filtered() -> Response:
     store = runtime().store
     if _flag(body, "dryRun"):
         return jsonify({"wouldQueue": len(matching_ids(store, flt, force=force))})
-    queued = replay_selection(store, flt, force=force)
+    queued = replay_selection(store, flt, force=force, now_ms=now_ms())
     return jsonify({"queued": len(queued), "ids": queued})
 
 
@@ -223,25 +135,13 @@ def reconcile_runs() -> Response:
 def request_reconcile() -> tuple[Response, int]:
     """Ask the workers for a reconcile run (``{"dryRun": true}`` to only report)."""
     body = _json_body(allowed={"dryRun"})
-    run = ask_for_reconcile(runtime().store, runtime().settings, dry_run=_flag(body, "dryRun"))
+    run = ask_for_reconcile(
+        runtime().store, runtime().settings, dry_run=_flag(body, "dryRun"), now_ms=now_ms()
+    )
     return jsonify(run.to_dict()), 202
 
 
 #: Runs the API and the console list.
-RECONCILE_RUNS_SHOWN = 20
-
-
-def ask_for_reconcile(store: Store, settings: Settings, *, dry_run: bool) -> ReconcileRun:
-    """Record a requested run for the workers (shared with the console)."""
-    from relay.reconcile_schedule import request_run
-
-    if not settings.clerk_secret_key:
-        raise Conflict("reconcile is off: set CLERK_SECRET_KEY (and run a relay worker)")
-    if store.reconcile_runs(limit=1, status=RunStatus.REQUESTED):
-        raise Conflict("a requested reconcile is already waiting for a worker")
-    return request_run(store, dry_run=dry_run, now_ms=now_ms())
-
-
 def _json_body(*, allowed: set[str]) -> dict[str, Any]:
     """The request's JSON object; an empty body is ``{}``."""
     if not request.get_data(cache=True):

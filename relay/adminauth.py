@@ -27,7 +27,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flask import Flask, Request, g, session
+from flask import Flask, Request, Response, current_app, g, jsonify, session
 from flask.sessions import SecureCookieSessionInterface
 
 from relay.errors import BadRequest, TooManyRequests
@@ -202,3 +202,26 @@ def check_csrf(presented: str | None) -> None:
         raise BadRequest(
             "missing or wrong CSRF token; reload the page and try again", code="csrf_failed"
         )
+
+
+def install(app: Flask, admin_token: str) -> None:
+    """What the API and the console share on ``app``: the session cookie's key and store,
+    this process's wrong-token limiter, and the JSON 429 it raises."""
+    app.secret_key = session_key(admin_token)
+    app.session_interface = ConsoleSessionInterface()
+    app.extensions["relay_admin_limiter"] = FailureLimiter()
+    app.register_error_handler(LimitedError, render_limited)
+
+
+def limiter() -> FailureLimiter:
+    """This process's wrong-token counter."""
+    lim: FailureLimiter = current_app.extensions["relay_admin_limiter"]
+    return lim
+
+
+def render_limited(exc: LimitedError) -> tuple[Response, int]:
+    """429 with ``Retry-After``, never cached."""
+    response = jsonify(exc.to_dict())
+    response.headers["Retry-After"] = str(exc.retry_after_s)
+    response.headers["Cache-Control"] = "no-store"
+    return response, exc.status_code

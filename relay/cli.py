@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -24,9 +24,9 @@ import click
 
 from relay.errors import ConfigError, StoreError
 from relay.models import Event, EventFilter, Status, TargetHealth, TargetState
+from relay.replay import matching_ids, replay_ids
 from relay.settings import Settings, parse_duration_s
 from relay.store import Store, open_store
-from relay.store.sql import replayable_statuses
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -303,19 +303,7 @@ def replay(
         entity_id=entity,
         since_ms=_since(since, now_ms / 1000),
     )
-    allowed = tuple(Status(s) for s in replayable_statuses(base, force=force))
-    matching = list(
-        _all_ids(
-            store,
-            EventFilter(
-                ids=base.ids,
-                statuses=allowed,
-                type_glob=base.type_glob,
-                entity_id=base.entity_id,
-                since_ms=base.since_ms,
-            ),
-        )
-    )
+    matching = matching_ids(store, base, force=force)
     if dry_run:
         _report(
             {"wouldReplay": len(matching), "ids": matching},
@@ -323,13 +311,14 @@ def replay(
             f"would replay {len(matching)} event(s)",
         )
         return
-    replayed: list[str] = []
-    chunks = [matching[i : i + REPLAY_CHUNK] for i in range(0, len(matching), REPLAY_CHUNK)]
     show_bar = len(matching) > REPLAY_CHUNK and not as_json
     sink = sys.stderr if show_bar else io.StringIO()  # short replays: no bar
-    with click.progressbar(chunks, label="replaying", show_pos=True, file=sink) as bar:
-        for chunk in bar:
-            replayed += store.replay(EventFilter(ids=tuple(chunk)), now_ms=now_ms, force=force)
+    with click.progressbar(
+        length=len(matching), label="replaying", show_pos=True, file=sink
+    ) as bar:
+        replayed = replay_ids(
+            store, matching, force=force, now_ms=now_ms, chunk=REPLAY_CHUNK, progress=bar.update
+        )
     missing = sorted(set(ids) - set(replayed))
     _report(
         {"replayed": len(replayed), "ids": replayed, "notReplayed": missing},
@@ -343,16 +332,6 @@ def replay(
             err=True,
         )
         sys.exit(1)
-
-
-def _all_ids(store: Store, flt: EventFilter) -> Iterator[str]:
-    cursor = None
-    while True:
-        page = store.list_events(flt, limit=1000, cursor=cursor)
-        yield from (e.id for e in page.events)
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
 
 
 def _report(data: dict[str, Any], as_json: bool, text: str) -> None:

@@ -30,20 +30,14 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
 from relay import adminauth
-from relay.admin import (
-    RECONCILE_RUNS_SHOWN,
-    ask_for_reconcile,
-    limiter,
-    matching_ids,
-    replay_one,
-    replay_selection,
-)
 from relay.adminquery import parse_filter, parse_list_query
 from relay.errors import Conflict, HTTPError, NotFound
 from relay.models import Event, EventFilter, Status, TargetState
+from relay.reconcile_schedule import RECONCILE_RUNS_SHOWN, ask_for_reconcile
 from relay.redact import redact, redact_text
+from relay.replay import matching_ids, replay_one, replay_selection
 from relay.settings import Settings
-from relay.web import runtime
+from relay.webcontext import now_ms, runtime
 
 bp = Blueprint(
     "console",
@@ -179,10 +173,6 @@ def _filter_args(source: MultiDict[str, str]) -> MultiDict[str, str]:
     return out
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 # -- sign in / out -----------------------------------------------------------------------
 
 
@@ -192,10 +182,10 @@ def sign_in() -> Response | str | tuple[str, int]:
     if request.method == "GET":
         return render_template("signin.html")
     client = adminauth.client_ip(request)
-    limiter().check(client)
+    adminauth.limiter().check(client)
     token = request.form.get("token", "")
     if not adminauth.token_matches(runtime().settings.admin_token, token):
-        limiter().fail(client)
+        adminauth.limiter().fail(client)
         return render_template("signin.html", error="That token is not right."), 401
     adminauth.sign_in(time.time(), runtime().store)
     return redirect(url_for("console.events"))
@@ -220,7 +210,7 @@ def events() -> str:
         args.add("cursor", cursor)
     if limit := request.args.get("limit"):
         args.add("limit", limit)
-    query = parse_list_query(args, now_ms=_now_ms())
+    query = parse_list_query(args, now_ms=now_ms())
     store = runtime().store
     page = store.list_events(query.flt, limit=query.limit, cursor=query.cursor)
     filters = _filter_args(request.args)
@@ -281,7 +271,7 @@ def _attempts(event: Event) -> list[dict[str, Any]]:
 def replay(event_id: str) -> Response:
     """Queue one event again; the event page says what happened."""
     force = request.form.get("force") == "1"
-    replay_one(runtime().store, event_id, force=force)
+    replay_one(runtime().store, event_id, force=force, now_ms=now_ms())
     flash("Queued for delivery." + (" (forced)" if force else ""))
     return redirect(url_for("console.event", event_id=event_id))
 
@@ -303,7 +293,7 @@ def bulk_replay() -> Response | str:
             force=force,
             back=url_for("console.events") + "?" + urlencode(list(filters.items(multi=True))),
         )
-    queued = replay_selection(store, flt, force=force)
+    queued = replay_selection(store, flt, force=force, now_ms=now_ms())
     flash(f"Queued {len(queued)} event(s) for delivery.")
     return redirect(url_for("console.events") + "?" + urlencode(list(filters.items(multi=True))))
 
@@ -315,7 +305,7 @@ def reconcile_runs() -> Response | str:
     if request.method == "POST":
         dry_run = request.form.get("dry_run") == "1"
         try:
-            ask_for_reconcile(store, settings, dry_run=dry_run)
+            ask_for_reconcile(store, settings, dry_run=dry_run, now_ms=now_ms())
         except Conflict as exc:
             flash(exc.detail)
         else:
@@ -335,4 +325,4 @@ def reconcile_runs() -> Response | str:
 
 
 def _selection(filters: MultiDict[str, str]) -> EventFilter:
-    return parse_filter(filters, filters.getlist("status"), now_ms=_now_ms())
+    return parse_filter(filters, filters.getlist("status"), now_ms=now_ms())

@@ -21,13 +21,13 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.metadata import version
 from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
 from svix.webhooks import Webhook
 
-from relay import __version__
 from relay.convex_values import convex_safe
 from relay.deadline import POOL_CLASSES, Watchdog, track_connections
 from relay.models import Event
@@ -41,7 +41,7 @@ ERROR_EXCERPT_CHARS = 500
 #: excerpt. The rest is never read; its connection is dropped instead of drained, so a
 #: 100 MB reply costs 8 KiB of memory, not 200 MB.
 REPLY_READ_BYTES = 8 * 1024
-USER_AGENT = f"clerk-convex-relay/{__version__}"
+USER_AGENT = f"clerk-convex-relay/{version('clerk-convex-relay')}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,7 @@ from relay import metrics
 from relay.errors import StoreError
 from relay.models import TargetHealth
 from relay.store import Store
-from relay.store.sqlite import SQLiteStore
-from relay.web import runtime
+from relay.webcontext import runtime
 
 bp = Blueprint("health", __name__)
 
@@ -43,7 +42,7 @@ def readyz() -> tuple[Response, int]:
         checks["store"] = f"store does not answer: {exc}"
         checks["worker"] = "unknown"
     checks["ingest"] = _ingest_check()
-    if isinstance(rt.store, SQLiteStore) and rt.store.committer_lost():
+    if rt.store.committer_lost():
         checks["committer"] = "the group committer stopped answering; relay serve restarts it"
     failing = sorted(name for name, state in checks.items() if state != "ok")
     body: dict[str, object] = {"status": "ok" if not failing else "unavailable", "checks": checks}

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import structlog
 
-from relay.errors import RelayError
+from relay.errors import Conflict, RelayError
 from relay.models import ReconcileRun, RunStatus
 from relay.reconcile import Counts, Kind, Reconciler, kinds_for
 from relay.settings import Settings
@@ -197,3 +197,18 @@ def request_run(store: Store, *, dry_run: bool, now_ms: int) -> ReconcileRun:
     :data:`CHECK_EVERY_S` by whichever worker holds the lease."""
     run = ReconcileRun(None, "admin", dry_run, RunStatus.REQUESTED, now_ms)
     return replace(run, id=store.save_reconcile_run(run))
+
+
+#: Runs the admin API and the console list.
+RECONCILE_RUNS_SHOWN = 20
+
+
+def ask_for_reconcile(
+    store: Store, settings: Settings, *, dry_run: bool, now_ms: int
+) -> ReconcileRun:
+    """Record a requested run for the workers (shared with the console)."""
+    if not settings.clerk_secret_key:
+        raise Conflict("reconcile is off: set CLERK_SECRET_KEY (and run a relay worker)")
+    if store.reconcile_runs(limit=1, status=RunStatus.REQUESTED):
+        raise Conflict("a requested reconcile is already waiting for a worker")
+    return request_run(store, dry_run=dry_run, now_ms=now_ms)

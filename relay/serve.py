@@ -30,8 +30,6 @@ import structlog
 from relay import metrics
 from relay.settings import Settings
 from relay.store import open_store
-from relay.store.committer import Committer
-from relay.store.sqlite import SQLiteStore
 from relay.worker import REPEAT_SIGNAL_WINDOW_S
 
 log = structlog.get_logger("relay.serve")
@@ -48,7 +46,7 @@ def serve(settings: Settings, *, web_only: bool = False) -> int:
     store = open_store(settings.database_url)
     store.migrate()
     # SQLite: this process commits for the web workers (group commit, see committer.py).
-    committer = Committer(store) if isinstance(store, SQLiteStore) else None
+    committer = store.group_committer()
     stop_committer = committer.start() if committer is not None else None
 
     env = dict(os.environ)

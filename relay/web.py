@@ -6,61 +6,31 @@ forks workers after loading the app.
 
 The webhook endpoint itself is a plain WSGI app in front of Flask
 (:class:`relay.ingest.IngestEndpoint`); it shares the request id and the canonical
-log line with Flask's routes through :func:`begin_request` and :func:`log_request`.
+log line with Flask's routes through :mod:`relay.webcontext`, which every blueprint
+imports instead of this factory (so nothing imports back into it).
 """
 
 from __future__ import annotations
 
-import re
-import secrets
-import threading
 import time
-from collections.abc import Mapping
 
 import structlog
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from relay import adminauth
+from relay.admin import bp as admin_bp
+from relay.console import bp as console_bp
 from relay.errors import HTTPError
+from relay.health import bp as health_bp
+from relay.ingest import IngestEndpoint
 from relay.logs import configure_logging
+from relay.request_deadline import BodyDeadline
 from relay.settings import Settings
-from relay.store import Store, open_store
+from relay.webcontext import UNEXPECTED, Runtime, begin_request, log_request
 
 log = structlog.get_logger("relay.web")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class Runtime:
-    """Per-process state shared by the blueprints: settings and the lazily opened store."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._store: Store | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            with self._lock:
-                if self._store is None:
-                    store = open_store(self.settings.database_url)
-                    store.migrate()
-                    self._store = store
-        return self._store
-
-    def close(self) -> None:
-        """Close the store if it was opened (a gunicorn worker on its way out)."""
-        with self._lock:
-            store, self._store = self._store, None
-        if store is not None:
-            store.close()
-
-
-def runtime() -> Runtime:
-    """The :class:`Runtime` of the current app."""
-    rt: Runtime = current_app.extensions["relay"]
-    return rt
 
 
 def build_app(settings: Settings | None = None) -> Flask:
@@ -78,15 +48,11 @@ def build_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["relay"] = Runtime(settings)
 
-    from relay.health import bp as health_bp
-    from relay.ingest import IngestEndpoint
-    from relay.request_deadline import BodyDeadline
-
     app.register_blueprint(health_bp)
     if settings.admin_token:
-        from relay.admin import register_admin
-
-        register_admin(app, settings)
+        adminauth.install(app, settings.admin_token)
+        app.register_blueprint(admin_bp)
+        app.register_blueprint(console_bp)
 
     app.register_error_handler(HTTPError, _render_error)
     app.register_error_handler(HTTPException, _render_http_exception)
@@ -98,31 +64,6 @@ def build_app(settings: Settings | None = None) -> Flask:
     # Around everything: no request may wait for its body forever (relay.request_deadline).
     app.wsgi_app = BodyDeadline(app.wsgi_app)  # type: ignore[method-assign]
     return app
-
-
-def begin_request(request_id: str | None) -> str:
-    """The request's id (the caller's ``X-Request-Id`` if sane, else a new one), bound
-    into the logging context of everything this request logs."""
-    # 32 random hex digits, like uuid4().hex without building a UUID (~1.2 us a request).
-    rid = request_id if request_id and _REQUEST_ID.match(request_id) else secrets.token_hex(16)
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=rid)
-    return rid
-
-
-def log_request(
-    method: str, path: str, status: int, started: float, fields: Mapping[str, object]
-) -> None:
-    """The one canonical line per request (``started`` from ``time.perf_counter()``)."""
-    duration_ms = (time.perf_counter() - started) * 1000
-    log.info(
-        "request_handled",
-        method=method,
-        path=path,
-        status=status,
-        duration_ms=round(duration_ms, 2),
-        **fields,
-    )
 
 
 def _start_request() -> None:
@@ -158,10 +99,6 @@ def _render_http_exception(exc: HTTPException) -> tuple[Response, int]:
     if code == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
     return response, code
-
-
-#: What a client sees of a bug: never the trace, which goes to the log.
-UNEXPECTED = {"error": "internal_error", "detail": "unexpected error; see the relay log"}
 
 
 def _render_unexpected(exc: Exception) -> tuple[Response, int]:

@@ -290,7 +290,7 @@ def test_banner_when_the_target_is_down(app: Flask, store: Store) -> None:
 
     client = signed_in(app)
     assert "Convex is" not in client.get("/admin/").get_data(as_text=True)
-    from relay.web import runtime
+    from relay.webcontext import runtime
 
     with app.app_context():
         target = runtime().settings.target_url
@@ -337,7 +337,7 @@ def _view_and_replay(client: FlaskClient, event_id: str) -> str:
 
 
 def store_of(client: FlaskClient) -> Store:
-    from relay.web import Runtime
+    from relay.webcontext import Runtime
 
     runtime: Runtime = client.application.extensions["relay"]
     return runtime.store

@@ -15,7 +15,7 @@ flat however large the backlog, is :mod:`relay.store.ordering`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from relay.models import (
     Attempt,
@@ -30,6 +30,9 @@ from relay.models import (
     TargetHealth,
     TargetState,
 )
+
+if TYPE_CHECKING:
+    from relay.store.committer import Committer
 
 
 class Store(Protocol):
@@ -161,6 +164,13 @@ class Store(Protocol):
 
     def end_console_session(self, session_hash: str) -> None:
         """End a console session (sign-out); unknown ones are ignored."""
+
+    def group_committer(self) -> Committer | None:
+        """The group committer ``relay serve`` runs for this store's ingest, if it has one
+        (SQLite: one fsync shared by concurrent webhooks; see :mod:`relay.store.committer`)."""
+
+    def committer_lost(self) -> bool:
+        """Whether this process's ingest lost its group committer (readiness says so)."""
 
     def ping(self) -> None:
         """Raise :class:`~relay.errors.StoreError` unless the database answers."""

@@ -39,15 +39,25 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import structlog
 
 from relay.models import NewEvent, Status
 from relay.store.local import abstract_name
 
-if TYPE_CHECKING:
-    from relay.store.sqlite import SQLiteStore
+
+class GroupCommitted(Protocol):
+    """What the committer needs of the store it commits for (:class:`SQLiteStore`);
+    a protocol, so that this module does not import the store that imports it."""
+
+    path: Path
+    url_for_display: str
+
+    def insert_many(self, events: Sequence[NewEvent]) -> list[bool]: ...
+
+    def notify(self, *, burst: bool = False) -> None: ...
+
 
 log = structlog.get_logger("relay.committer")
 
@@ -218,7 +228,7 @@ class _Peer:
 class Committer:
     """The committing side: one thread that owns the socket and batches inserts."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: GroupCommitted) -> None:
         self.store = store
         self.name = socket_name(store.path)
         self.batches = 0

@@ -244,6 +244,12 @@ class PostgresStore(SQLStoreBase):
         with contextlib.suppress(StoreError), self._tx(timeout_s=1.0) as conn:
             conn.execute(f"NOTIFY {CHANNEL}")
 
+    def group_committer(self) -> None:
+        return None  # every ingest request commits by itself; PostgreSQL batches WAL flushes
+
+    def committer_lost(self) -> bool:
+        return False
+
     def ingest_burst_s(self) -> float:
         return 0.0  # no group commit here to tell a burst by; workers scale out instead
 

@@ -31,7 +31,7 @@ from relay.models import (
 )
 from relay.store import ordering, sql
 from relay.store.base import SQLStoreBase
-from relay.store.committer import CommitClient
+from relay.store.committer import CommitClient, Committer
 from relay.store.local import WakeSocket, WriterLock
 from relay.store.sqlite_schema import apply_migrations
 
@@ -126,6 +126,10 @@ class SQLiteStore(SQLStoreBase):
             return self._conn().execute(statement, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
+
+    def group_committer(self) -> Committer:
+        """The committer ``relay serve`` runs for this file (group commit for ingest)."""
+        return Committer(self)
 
     def committer_lost(self) -> bool:
         """See :meth:`CommitClient.lost` (readiness reports it)."""
