@@ -138,6 +138,15 @@ def fill_sqlite(
         conn.execute("PRAGMA synchronous=OFF")  # a build, not ingest: no promise to keep
         conn.execute("PRAGMA cache_size=-524288")  # 512 MiB: index pages stay in memory
         conn.execute("BEGIN IMMEDIATE")
+        # Secondary indexes are dropped and made again from their own stored SQL (the
+        # schema ends up exactly as migrated): sorting once is much faster than a
+        # million random B-tree inserts (1 M events: 152 s with them in place).
+        indexes = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+            " AND tbl_name = 'events' AND sql IS NOT NULL"
+        ).fetchall()
+        for name, _ in indexes:
+            conn.execute(f"DROP INDEX {name}")
         conn.executemany(
             f"INSERT INTO events ({COLUMNS}) VALUES ({_marks('?', 20)})",
             rows(shape, followers_due=followers_due),
@@ -146,6 +155,8 @@ def fill_sqlite(
             f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ({_marks('?', 7)})",
             attempt_rows(shape),
         )
+        for _, ddl in indexes:
+            conn.execute(ddl)
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -159,12 +170,25 @@ def fill_postgres(url: str, shape: Backlog, *, followers_due: bool = False) -> N
 
     with psycopg.connect(url) as conn:
         with conn.cursor() as cur:
+            # As for SQLite: secondary indexes made again afterwards from their own
+            # definitions (the primary key and the unique id stay).
+            indexes = cur.execute(
+                "SELECT i.indexname, i.indexdef FROM pg_indexes i"
+                " JOIN pg_index x ON x.indexrelid = (quote_ident(i.schemaname) || '.'"
+                " || quote_ident(i.indexname))::regclass"
+                " WHERE i.tablename = 'events' AND i.schemaname = current_schema()"
+                " AND NOT x.indisprimary AND NOT x.indisunique"
+            ).fetchall()
+            for name, _ in indexes:
+                cur.execute(f'DROP INDEX "{name}"')
             with cur.copy(f"COPY events ({COLUMNS}) FROM STDIN") as copy:
                 for row in rows(shape, followers_due=followers_due):
                     copy.write_row(row)
             with cur.copy(f"COPY attempts ({ATTEMPT_COLUMNS}) FROM STDIN") as copy:
                 for row in attempt_rows(shape):
                     copy.write_row(row)
+            for _, ddl in indexes:
+                cur.execute(ddl)
             # seq was written explicitly: move the sequence past it for later inserts.
             cur.execute(
                 "SELECT setval(pg_get_serial_sequence('events', 'seq'), %s)", (shape.max_seq,)
