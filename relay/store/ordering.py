@@ -36,7 +36,10 @@ of its events is leased (and that lease's completion unparks the head). Parking 
 candidate restores it when needed by unparking the head in the same transaction.
 
 Each claim transaction visits at most :data:`SCAN_BATCH` rows, so ingest never waits
-long behind one; a claim that parked a whole batch goes on with the next.
+long behind one; a claim that parked a whole batch goes on with the next. The first
+round reads only a few rows more than the claim asks for (:func:`batch_size`): while
+a backlog drains, almost every due row is a head, and a worker claiming 4 at a time
+must not decide 256 candidates to lease 4 of them.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ from relay.models import Event, is_upsert
 SCAN_BATCH = 256
 #: Claim transactions one ``claim()`` call runs before returning what it has.
 MAX_SCAN_ROUNDS = 64
+#: Due rows the first round reads, at least (then twice what the claim asks for).
+FIRST_BATCH_MIN = 16
 
 #: The object's head: its oldest pending event.
 HEAD = """(SELECT h.seq FROM events h
@@ -128,12 +133,22 @@ def decide(
     return out
 
 
-def look_again(decision: Decision, rows_read: int) -> bool:
-    """Whether another claim round may find more: this one parked a full batch (more
-    due rows wait behind it), or unparked a head (it is due now)."""
+def batch_size(round_index: int, wanted: int) -> int:
+    """Due rows claim round ``round_index`` (0 first) reads when ``wanted`` more are asked
+    for. The first reads a little more than asked (measured on SQLite, 1,500 due heads:
+    claim(limit=4) took 2.7 ms reading 256, most of it deciding rows it did not lease);
+    a round after one that found rows to park is sweeping followers: full batches."""
+    if round_index == 0:
+        return min(SCAN_BATCH, max(FIRST_BATCH_MIN, 2 * wanted))
+    return SCAN_BATCH
+
+
+def look_again(decision: Decision, rows_read: int, batch: int) -> bool:
+    """Whether another claim round may find more: this one parked a full batch of
+    ``batch`` rows (more due rows wait behind it), or unparked a head (it is due now)."""
     if decision.unpark:
         return True
-    return rows_read >= SCAN_BATCH and bool(decision.park or decision.supersede)
+    return rows_read >= batch and bool(decision.park or decision.supersede)
 
 
 def apply(

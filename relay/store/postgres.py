@@ -178,14 +178,15 @@ class PostgresStore(SQLStoreBase):
 
     def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
         claimed: list[Event] = []
-        for _ in range(ordering.MAX_SCAN_ROUNDS):  # one short transaction each
+        for round_index in range(ordering.MAX_SCAN_ROUNDS):  # one short transaction each
+            batch = ordering.batch_size(round_index, limit - len(claimed))
             with self._tx() as conn:
                 rows = conn.execute(
                     f"SELECT {sql.EVENT_COLUMNS} FROM events"
                     " WHERE status = 'pending' AND next_attempt_at <= %(now)s"
                     " AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
                     " ORDER BY next_attempt_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-                    {"now": now_ms, "limit": ordering.SCAN_BATCH},
+                    {"now": now_ms, "limit": batch},
                 ).fetchall()
                 if not rows:
                     break
@@ -218,7 +219,7 @@ class PostgresStore(SQLStoreBase):
                     conn, "%s", decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
                 )
             claimed.extend(decision.lease)
-            if len(claimed) >= limit or not ordering.look_again(decision, len(rows)):
+            if len(claimed) >= limit or not ordering.look_again(decision, len(rows), batch):
                 break
         return claimed
 

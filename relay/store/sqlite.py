@@ -141,9 +141,10 @@ class SQLiteStore(SQLStoreBase):
 
     def claim(self, worker_id: str, *, now_ms: int, lease_ms: int, limit: int) -> list[Event]:
         claimed: list[Event] = []
-        for _ in range(ordering.MAX_SCAN_ROUNDS):  # one short write transaction each
+        for round_index in range(ordering.MAX_SCAN_ROUNDS):  # one short write transaction each
+            batch = ordering.batch_size(round_index, limit - len(claimed))
             with self._tx() as conn:
-                rows = conn.execute(_CANDIDATES, (now_ms, now_ms, ordering.SCAN_BATCH)).fetchall()
+                rows = conn.execute(_CANDIDATES, (now_ms, now_ms, batch)).fetchall()
                 if not rows:
                     break
                 candidates = [sql.row_to_event(r) for r in rows]
@@ -161,7 +162,7 @@ class SQLiteStore(SQLStoreBase):
                     conn, "?", decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
                 )
             claimed.extend(decision.lease)
-            if len(claimed) >= limit or not ordering.look_again(decision, len(rows)):
+            if len(claimed) >= limit or not ordering.look_again(decision, len(rows), batch):
                 break
         return claimed
 
