@@ -165,14 +165,20 @@ HOT = {
     "heartbeat: prune": "DELETE FROM workers",
     "last heartbeat": "max(last_seen)",
 }
-#: PostgreSQL only: object locks and the count fold.
+#: PostgreSQL only: object locks, the count fold, set-based completion.
 HOT_POSTGRES = {
     "claim: object locks": "pg_try_advisory_xact_lock",
     "complete: object locks": "SELECT pg_advisory_xact_lock",
     "counts: fold deltas": "DELETE FROM event_count_deltas",
+    "complete: unpark heads, one statement": "AS x(k, at)",
 }
 #: Must come out of an index already in order: no sort of the rows they select from.
-NO_SORT = {"claim candidates", "list pending, newest first", "unpark an object's head"}
+NO_SORT = {
+    "claim candidates",
+    "list pending, newest first",
+    "unpark an object's head",
+    "complete: unpark heads, one statement",
+}
 
 
 def statements_for(recorded: dict[str, Any], label: str, ph: str) -> list[tuple[str, Any]]:

@@ -151,13 +151,26 @@ def look_again(decision: Decision, rows_read: int, batch: int) -> bool:
     return rows_read >= batch and bool(decision.park or decision.supersede)
 
 
+def seqs_clause(ph: str, seqs: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
+    """``seq`` among ``seqs`` as one condition and its parameters: an ``IN`` list on
+    SQLite, one array parameter on PostgreSQL (one statement, one plan, any length)."""
+    if ph == "?":
+        return f"seq IN ({', '.join('?' * len(seqs))})", tuple(seqs)
+    return "seq = ANY(%s)", (list(seqs),)
+
+
 def apply(
     conn: Any, ph: str, decision: Decision, *, worker_id: str, now_ms: int, lease_ms: int
 ) -> None:
-    """Write a :class:`Decision` on ``conn`` (inside the claim's transaction)."""
+    """Write a :class:`Decision` on ``conn`` (inside the claim's transaction).
+
+    Parks and leases are one statement each, whatever their number: on PostgreSQL
+    every statement is a round trip, and a claim leasing 64 made 64 of them.
+    """
     expires = now_ms + lease_ms
-    for seq in decision.park:
-        conn.execute(f"UPDATE events SET next_attempt_at = NULL WHERE seq = {ph}", (seq,))
+    if decision.park:
+        where, params = seqs_clause(ph, decision.park)
+        conn.execute(f"UPDATE events SET next_attempt_at = NULL WHERE {where}", params)
     for seq, newer_id in decision.supersede:
         conn.execute(
             "UPDATE events SET status = 'superseded', next_attempt_at = NULL,"
@@ -166,11 +179,12 @@ def apply(
         )
     for key in sorted(decision.unpark):
         conn.execute(unpark_head(ph), (now_ms, key))
-    for event in decision.lease:
+    if decision.lease:
         # next_attempt_at moves to the lease's end: leased rows leave the claim index,
         # and a dead worker's event comes due again when its lease runs out.
+        where, params = seqs_clause(ph, [e.seq for e in decision.lease])
         conn.execute(
             f"UPDATE events SET lease_owner = {ph}, lease_expires_at = {ph},"
-            f" next_attempt_at = {ph} WHERE seq = {ph}",
-            (worker_id, expires, expires, event.seq),
+            f" next_attempt_at = {ph} WHERE {where}",
+            (worker_id, expires, expires, *params),
         )
