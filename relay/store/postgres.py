@@ -237,7 +237,10 @@ class PostgresStore(SQLStoreBase):
                 # committed before we took the object locks above.
                 answers = (
                     conn.execute(
-                        ordering.decision_query("= ANY(%s)", "%s"), (now_ms, keyed)
+                        ordering.decision_query(
+                            "= ANY(%s)", "%s", delivered=ordering.DELIVERED_NO_INDEX
+                        ),
+                        (now_ms, keyed),
                     ).fetchall()
                     if keyed
                     else []
