@@ -1,7 +1,7 @@
 """Backlog benchmark (issue 15): what a big pending backlog costs, per size and backend.
 
     .venv/bin/python bench/backlog.py                                  # SQLite only
-    RELAY_PG_PORT=54333 scripts/with-postgres.sh .venv/bin/python bench/backlog.py
+    scripts/with-postgres.sh .venv/bin/python bench/backlog.py         # both backends
     .venv/bin/python bench/backlog.py --sizes 10k,100k --window 20     # a quicker subset
 
 Stores of 10 k / 100 k / 1 M pending events are built in the backlog shape of
@@ -276,6 +276,7 @@ class BackendResult:
     empty_metrics_ms: list[float] = field(default_factory=list)
     empty_claim_ms: list[float] = field(default_factory=list)
     baseline: SizeResult | None = None
+    window_s: float = 0.0
 
 
 def empty_store(
@@ -309,7 +310,7 @@ def run_backend(
     convex: str,
     requests_files: list[Path],
 ) -> BackendResult:
-    out = BackendResult(backend)
+    out = BackendResult(backend, window_s=window_s)
     # The drain baseline: the same shape, about one window's worth of events.
     small = int(window_s * BASELINE_RATE[backend]) // PER_OBJECT * PER_OBJECT
     base = SizeResult(f"{small // 1000}k (drain baseline)", small)
@@ -370,7 +371,7 @@ def ingest_ratio(s: SizeResult) -> float:
     )
 
 
-def render(results: list[BackendResult], elapsed: float, load: float, window_s: float) -> str:
+def render(results: list[BackendResult], elapsed: float, load: float) -> str:
     lines = [
         "# Backlog benchmark (bench/backlog.py, issue 15)",
         "",
@@ -385,8 +386,8 @@ def render(results: list[BackendResult], elapsed: float, load: float, window_s: 
         "followers parked behind it (tests/backlog.py, built with direct SQL). Claims run in "
         "this process on the store; ingest is `relay serve --web-only` with "
         f"`wrk -t1 -c{ingest.WRK_CONNECTIONS} -d{ingest.WRK_SECONDS}s`; drain is one "
-        f"`relay worker` (concurrency 4) after every head is made due, counted over "
-        f"{window_s:.0f} s after a {DRAIN_WARMUP_S:.0f} s warm-up; the drain baseline is a "
+        f"`relay worker` (concurrency 4) after every head is made due, counted over a "
+        f"window (below) after a {DRAIN_WARMUP_S:.0f} s warm-up; the drain baseline is a "
         "store in the same shape holding about one window's worth of events.",
         "",
     ]
@@ -398,7 +399,8 @@ def render(results: list[BackendResult], elapsed: float, load: float, window_s: 
             "",
             "Empty store: claim p50 "
             f"{median(r.empty_claim_ms):.2f} ms, /metrics p50 {median(r.empty_metrics_ms):.1f} ms. "
-            f"Drain baseline ({base.events if base else 0} events): {base_rate:.0f} events/s, "
+            f"Drain window {r.window_s:.0f} s; baseline ({base.events if base else 0} events): "
+            f"{base_rate:.0f} events/s, "
             f"first delivery {base.drain_first_s if base and base.drain_first_s else 0:.1f} s "
             "after the worker was launched.",
             "",
@@ -461,7 +463,7 @@ def main() -> int:
             results.append(
                 run_backend(backend, sizes, window, args.pairs, tmp, convex, requests_files)
             )
-    report = render(results, time.time() - started, load, args.window)
+    report = render(results, time.time() - started, load)
     out = (
         Path(args.out)
         if args.out
