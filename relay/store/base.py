@@ -41,6 +41,8 @@ class SQLStoreBase(RunsAndLeases):
     """Shared read verbs, the heartbeat, reconcile history and leases for SQL backends."""
 
     PH: ClassVar[str]
+    #: Tables whose rows go with their event in a purge (where no foreign key cascades).
+    PURGED_WITH_EVENTS: ClassVar[tuple[str, ...]] = ("attempts", "body_conflicts")
 
     def _query(self, statement: str, params: Any = ()) -> list[Any]:
         raise NotImplementedError
@@ -52,9 +54,10 @@ class SQLStoreBase(RunsAndLeases):
         # Rounds of at most ordering.SCAN_BATCH rows, each its own short transaction
         # (see relay.store.ordering for the rule and why this stays flat).
         claimed: list[Event] = []
-        for _ in range(ordering.MAX_SCAN_ROUNDS):
+        for round_index in range(ordering.MAX_SCAN_ROUNDS):
+            batch = ordering.batch_size(round_index, limit - len(claimed))
             with self._tx() as conn:
-                read, mine = self._claim_candidates(conn, now_ms)
+                read, mine = self._claim_candidates(conn, now_ms, batch)
                 if not read:
                     break
                 keyed = [e.seq for e in mine if e.object_key is not None]
@@ -64,12 +67,12 @@ class SQLStoreBase(RunsAndLeases):
                     conn, self.PH, decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
                 )
             claimed.extend(decision.lease)
-            if len(claimed) >= limit or not ordering.look_again(decision, read):
+            if len(claimed) >= limit or not ordering.look_again(decision, read, batch):
                 break
         return claimed
 
-    def _claim_candidates(self, conn: Any, now_ms: int) -> tuple[int, list[Event]]:
-        """Due rows in claim order (at most ordering.SCAN_BATCH): how many were read, and
+    def _claim_candidates(self, conn: Any, now_ms: int, batch: int) -> tuple[int, list[Event]]:
+        """Due rows in claim order (at most ``batch``): how many were read, and
         those this claim may decide about (a backend may leave some to another claim)."""
         raise NotImplementedError
 
@@ -184,7 +187,7 @@ class SQLStoreBase(RunsAndLeases):
                 ]
                 if seqs:
                     these = ", ".join([ph] * len(seqs))
-                    for table in ("attempts", "body_conflicts"):
+                    for table in self.PURGED_WITH_EVENTS:
                         conn.execute(
                             f"DELETE FROM {table} WHERE event_id IN"
                             f" (SELECT id FROM events WHERE seq IN ({these}))",

@@ -45,6 +45,8 @@ from relay.models import (
     Event,
     EventFilter,
     NewEvent,
+    Outcome,
+    Status,
 )
 from relay.store import ordering, sql
 from relay.store.base import SQLStoreBase
@@ -66,6 +68,32 @@ _FOLD_COUNTS = (
     "WITH moved AS (DELETE FROM event_count_deltas RETURNING status, delta),"
     " sums AS (SELECT status, sum(delta) AS d FROM moved GROUP BY status)"
     " UPDATE event_counts c SET n = c.n + sums.d FROM sums WHERE c.status = sums.status"
+)
+#: complete_many as three set-based statements, each one round trip for the whole
+#: batch (per result it took three: attempt, outcome, unpark). ``attempt_count`` and
+#: ``retry_step`` are the target row's; ``v`` is one outcome per event id.
+_RECORD_ATTEMPTS = (
+    f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
+    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[],"
+    " %s::float8[], %s::text[], %s::text[])"
+)
+_APPLY_OUTCOMES = (
+    "UPDATE events e SET status = v.status, attempt_count = attempt_count + 1,"
+    " retry_step = retry_step + v.charged, next_attempt_at = v.next_at,"
+    " last_error = v.error, delivered_at = COALESCE(v.delivered_at, e.delivered_at),"
+    " lease_owner = NULL, lease_expires_at = NULL"
+    " FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[], %s::text[], %s::bigint[])"
+    " AS v(id, status, charged, next_at, error, delivered_at)"
+    " WHERE e.id = v.id AND e.lease_owner = %s RETURNING e.id, e.object_key"
+)
+#: :func:`relay.store.ordering.unpark_head` for several objects at once, each at its own
+#: time (params: object keys, times).
+_UNPARK_HEADS = (
+    "UPDATE events e SET next_attempt_at = u.at FROM ("
+    " SELECT x.at, (SELECT h.seq FROM events h WHERE h.object_key = x.k"
+    " AND h.status = 'pending' ORDER BY h.ord_at, h.ord_upd, h.seq LIMIT 1) AS head"
+    " FROM unnest(%s::text[], %s::bigint[]) AS x(k, at)) u"
+    " WHERE e.seq = u.head AND e.next_attempt_at IS NULL AND e.status = 'pending'"
 )
 #: First key of the two-int advisory locks taken per object during a claim ("RELY").
 OBJECT_LOCK_CLASS = 0x52454C59
@@ -93,6 +121,7 @@ class PostgresStore(SQLStoreBase):
     """Store on a PostgreSQL database; safe for any number of workers and machines."""
 
     PH = "%s"
+    PURGED_WITH_EVENTS = ("attempts",)  # body_conflicts: ON DELETE CASCADE
 
     def __init__(
         self,
@@ -179,14 +208,14 @@ class PostgresStore(SQLStoreBase):
                     conn.autocommit = False
 
     def _claim_candidates(
-        self, conn: psycopg.Connection[Any], now_ms: int
+        self, conn: psycopg.Connection[Any], now_ms: int, batch: int
     ) -> tuple[int, list[Event]]:
         rows = conn.execute(
             f"SELECT {sql.EVENT_COLUMNS} FROM events"
             " WHERE status = 'pending' AND next_attempt_at <= %(now)s"
             " AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
             " ORDER BY next_attempt_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-            {"now": now_ms, "limit": ordering.SCAN_BATCH},
+            {"now": now_ms, "limit": batch},
         ).fetchall()
         candidates = [sql.row_to_event(r) for r in rows]
         keys = sorted({e.object_key for e in candidates if e.object_key is not None})
@@ -208,7 +237,39 @@ class PostgresStore(SQLStoreBase):
     ) -> list[Any]:
         # A new statement takes a new snapshot: it sees every lease and park committed
         # before we took the object locks above.
-        return conn.execute(ordering.decision_query("= ANY(%s)", "%s"), (now_ms, seqs)).fetchall()
+        query = ordering.decision_query("= ANY(%s)", "%s", delivered=ordering.DELIVERED_NO_INDEX)
+        return conn.execute(query, (now_ms, seqs)).fetchall()
+
+    def complete_many(
+        self, worker_id: str, results: Sequence[tuple[str, Attempt, Outcome]]
+    ) -> list[bool]:
+        ids = [event_id for event_id, _, _ in results]
+        if len(set(ids)) != len(ids):  # one row per id below; never seen from a worker
+            return super().complete_many(worker_id, results)
+        attempts = [sql.attempt_params(event_id, a) for event_id, a, _ in results]
+        with self._tx() as conn:
+            self._lock_objects(conn, ids)
+            conn.execute(_RECORD_ATTEMPTS, [list(column) for column in zip(*attempts, strict=True)])
+            kept = conn.execute(
+                _APPLY_OUTCOMES,
+                (
+                    ids,
+                    [str(o.status) for _, _, o in results],
+                    [int(o.charged) for _, _, o in results],
+                    [o.next_attempt_at_ms for _, _, o in results],
+                    [o.error for _, _, o in results],
+                    [a.at_ms if o.status == Status.DELIVERED else None for _, a, o in results],
+                    worker_id,
+                ),
+            ).fetchall()
+            at = {event_id: a.at_ms for event_id, a, _ in results}
+            # The object's head may have changed (this one finished, or an older event
+            # arrived while it was in flight and was parked).
+            unpark = [(key, at[event_id]) for event_id, key in kept if key is not None]
+            if unpark:
+                conn.execute(_UNPARK_HEADS, ([k for k, _ in unpark], [t for _, t in unpark]))
+        done = {event_id for event_id, _ in kept}
+        return [event_id in done for event_id in ids]
 
     def _lock_objects(self, conn: Any, event_ids: Sequence[str]) -> None:
         # Blocking, in one order (by lock key): two completions never deadlock, and a

@@ -176,8 +176,10 @@ class SQLiteStore(SQLStoreBase):
                 for e in events
             ]
 
-    def _claim_candidates(self, conn: sqlite3.Connection, now_ms: int) -> tuple[int, list[Event]]:
-        rows = conn.execute(_CANDIDATES, (now_ms, now_ms, ordering.SCAN_BATCH)).fetchall()
+    def _claim_candidates(
+        self, conn: sqlite3.Connection, now_ms: int, batch: int
+    ) -> tuple[int, list[Event]]:
+        rows = conn.execute(_CANDIDATES, (now_ms, now_ms, batch)).fetchall()
         return len(rows), [sql.row_to_event(r) for r in rows]
 
     def _claim_answers(self, conn: sqlite3.Connection, seqs: list[int], now_ms: int) -> list[Any]:
@@ -264,8 +266,13 @@ _INSERT = (
     f"INSERT INTO events ({sql.INSERT_COLUMNS}, next_attempt_at)"
     f" VALUES ({_marks(14)}) ON CONFLICT (id) DO NOTHING"
 )
+#: ``INDEXED BY``: without statistics (the relay never runs ANALYZE) SQLite prefers the
+#: equality ``status = 'pending'`` of events_status_received over the partial claim
+#: index's range, then reads every pending row and sorts them: 41 ms per claim at
+#: 100 k events against 0.6 ms (tests/test_claim_plans.py). Naming the index makes the
+#: plan independent of statistics, and a missing index an error rather than a scan.
 _CANDIDATES = (
-    f"SELECT {sql.EVENT_COLUMNS} FROM events"
+    f"SELECT {sql.EVENT_COLUMNS} FROM events INDEXED BY events_claim"
     " WHERE status = 'pending' AND next_attempt_at <= ?"
     " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
     " ORDER BY next_attempt_at, seq LIMIT ?"
