@@ -183,3 +183,31 @@ def test_a_database_others_can_read_is_warned_about_at_start(tmp_path: Path) -> 
         (f"{path}{suffix}", "0o644") for suffix in ("", "-wal", "-shm")
     ]
     assert warned[0]["log_level"] == "warning"
+
+
+def test_a_new_thread_connection_keeps_the_other_connections_locks(tmp_path: Path) -> None:
+    """Opening a connection in a second thread must not open and close the database file:
+    closing any descriptor of it drops every POSIX lock the process holds on it. Another
+    process closing its last connection then believes it is alone, checkpoints and
+    deletes the WAL, and every later commit of this process goes to a deleted file (the
+    worker's outcome writes were lost this way)."""
+    import subprocess
+    import sys
+    import threading
+
+    db = tmp_path / "relay.db"
+    store = SQLiteStore(db)
+    store.migrate()
+    assert store.insert(make_event(event_id="msg_before"))
+    opened = threading.Thread(target=store._conn)  # another thread's first connection
+    opened.start()
+    opened.join()
+    count = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+        " print(c.execute('SELECT count(*) FROM events').fetchone()[0]); c.close()"
+    )
+    run = [sys.executable, "-c", count, str(db)]
+    assert subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip() == "1"
+    assert store.insert(make_event(event_id="msg_after"))  # after that process closed
+    assert subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip() == "2"
+    store.close()

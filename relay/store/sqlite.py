@@ -80,12 +80,20 @@ class SQLiteStore(SQLStoreBase):
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 # Created 0600 whatever the umask: SQLite gives the -wal and -shm files
-                # the database file's mode, and all three hold users' data.
-                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
+                # the database file's mode, and all three hold users' data. Only when it
+                # does not exist yet (O_EXCL): closing any descriptor of an open database
+                # file drops every POSIX lock this process holds on it, including the
+                # locks of other threads' connections, and their commits are then lost.
+                with contextlib.suppress(FileExistsError):
+                    os.close(
+                        os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+                    )
                 conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
-                # Only takes effect on a new file (before its first table): purged space
-                # then goes back to the file system (see _reclaim_space).
-                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                # Only on a new, empty file (it takes effect before the first table, and
+                # setting it needs the write lock): purged space then goes back to the
+                # file system (see _reclaim_space).
+                if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")
                 if self._synchronous == "NORMAL":
