@@ -3,7 +3,7 @@
  * top of convex-test, with the semantics convex-test lacks: admin-key checks,
  * public/internal visibility, the function-type check, the `{status, value |
  * errorMessage}` envelope, and the `format` output modes. Reference:
- * /work/shared/reference/convex.md §1 and §2.
+ * docs/reference/convex.md §1 and §2.
  */
 import { makeFunctionReference } from "convex/server";
 import { convexToJson, jsonToConvex, type JSONValue, type Value } from "convex/values";

@@ -1,7 +1,7 @@
 """A real HTTP server on loopback standing in for a Convex deployment.
 
 Serves both delivery targets with Convex's real response shapes
-(shared/reference/convex.md): the HTTP action at ``/clerk-users-webhook`` (which
+(docs/reference/convex.md): the HTTP action at ``/clerk-users-webhook`` (which
 verifies the relay's forwarded Svix signature with the ``svix`` package, as Convex's
 template does) and the function API at ``/api/mutation``. A test scripts failures:
 "fail the next N requests with 503 and Retry-After", "hang", "reply status:error".
