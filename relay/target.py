@@ -90,9 +90,9 @@ class TargetHealthTracker:
         self._read_at = float("-inf")
         self._down_streak: list[str] = []  # event ids, in order
         self._suspect_streak: tuple[int, set[str]] = (0, set())
-        self._held: OrderedDict[str, int] = OrderedDict()  # event id -> status it was held for
-        self._deliveries = 0  # deliveries this worker saw; held events remember the count
-        self._held_at: dict[str, int] = {}
+        #: event id -> (status it was held for, deliveries seen when it was held)
+        self._held: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._deliveries = 0  # deliveries this worker saw
         self._success_written = float("-inf")
 
     def now_ms(self) -> int:
@@ -176,20 +176,18 @@ class TargetHealthTracker:
         when it is the event's own fault (it failed this way before, and the target has
         delivered other events since)."""
         code = status_code or 0
-        held_for = self._held.get(event.id)
+        held_for, deliveries_then = self._held.get(event.id, (None, self._deliveries))
         if (
             held_for == code
             and self.current().state == TargetState.UP
-            and self._deliveries > self._held_at.get(event.id, self._deliveries)
+            and self._deliveries > deliveries_then
         ):
-            self._forget(event.id)
+            del self._held[event.id]
             return False
-        self._held[event.id] = code
-        self._held_at[event.id] = self._deliveries
+        self._held[event.id] = (code, self._deliveries)
         self._held.move_to_end(event.id)
         while len(self._held) > HELD_MEMORY:
-            old, _ = self._held.popitem(last=False)
-            self._held_at.pop(old, None)
+            self._held.popitem(last=False)
         streak_code, ids = self._suspect_streak
         if streak_code != code:
             ids = set()
@@ -203,10 +201,6 @@ class TargetHealthTracker:
         """When a held event is tried again: at once if the circuit gates it, else after
         one probe gap (so another event's answer can tell whose fault it was)."""
         return 0 if self.current().state != TargetState.UP else self.probe_start_ms
-
-    def _forget(self, event_id: str) -> None:
-        self._held.pop(event_id, None)
-        self._held_at.pop(event_id, None)
 
     def _move(self, state: TargetState, reason: str) -> None:
         before = self._health.state
@@ -235,7 +229,6 @@ class TargetHealthTracker:
         self._suspect_streak = (0, set())
         if state == TargetState.UP:
             self._held.clear()
-            self._held_at.clear()
             try:  # everything that waited on the target goes out now
                 released = self.store.release_held(now_ms=now_ms)
             except StoreError as exc:

@@ -250,7 +250,7 @@ def test_after_any_outage_the_next_probe_is_at_most_one_gap_away(
 ) -> None:
     """A 60 s and a 6 h outage on a scaled clock: probes back off to the maximum gap and
     stay there, so whenever Convex returns, the next probe (which delivers) is at most
-    RELAY_PROBE_INTERVAL_MAX away; exactly one probe per gap is taken."""
+    RELAY_PROBE_INTERVAL_MAX away, and probes never come faster than the first gap."""
     from relay.target import Gate, TargetHealthTracker
 
     STEP_S = 1.0
