@@ -5,7 +5,7 @@
     .venv/bin/python bench/backlog.py --sizes 10k,100k --window 20     # a quicker subset
 
 Stores of 10 k / 100 k / 1 M pending events are built in the backlog shape of
-``tests/backlog.py`` (N/10 users; per user a head waiting on its backoff and nine
+``harness/backlog.py`` (N/10 users; per user a head waiting on its backoff and nine
 followers parked behind it) with direct SQL. Then, per size, in one run:
 
 a. ``claim()`` latency in this process: one that finds nothing claimable (median of
@@ -48,9 +48,9 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 import ingest  # noqa: E402 - bench/ingest.py: presign, run_wrk, the stand-in
 from ingest import SECRET, SEPARATOR, ensure_wrk, presign, run_wrk, wait_for_workers  # noqa: E402
 
+from harness.backlog import BACKOFF_MS, Backlog, fill_postgres, fill_sqlite  # noqa: E402
+from harness.relay_process import RelayProcess  # noqa: E402
 from relay.store import Store, open_store  # noqa: E402
-from tests.backlog import BACKOFF_MS, Backlog, fill_postgres, fill_sqlite  # noqa: E402
-from tests.relay_process import RelayProcess  # noqa: E402
 
 SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 PER_OBJECT = 10
@@ -110,7 +110,7 @@ def database(backend: str, workdir: Path) -> Iterator[str]:
         _migrate(url)
         yield url
         return
-    from tests.postgres_server import fresh_schema
+    from harness.postgres_server import fresh_schema
 
     with fresh_schema() as url:
         _migrate(url)
@@ -383,7 +383,7 @@ def render(results: list[BackendResult], elapsed: float, load: float) -> str:
         f"(fsync off). Took {elapsed / 60:.1f} min.",
         "",
         "Shape: N pending events, N/10 users; per user a head waiting on its backoff and nine "
-        "followers parked behind it (tests/backlog.py, built with direct SQL). Claims run in "
+        "followers parked behind it (harness/backlog.py, built with direct SQL). Claims run in "
         "this process on the store; ingest is `relay serve --web-only` with "
         f"`wrk -t1 -c{ingest.WRK_CONNECTIONS} -d{ingest.WRK_SECONDS}s`; drain is one "
         f"`relay worker` (concurrency 4) after every head is made due, counted over a "

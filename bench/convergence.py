@@ -4,7 +4,7 @@
     .venv/bin/python bench/convergence.py --runs 50    # quicker
 
 The same seeded scenarios as ``tests/test_convergence.py`` (engine:
-``tests/convergence.py``): three users' create/update/delete/re-create histories per
+``harness/convergence.py``): three users' create/update/delete/re-create histories per
 run, delivered with random duplicates, in a disordered arrival order, while Convex
 functions go down and up. Four setups, each under three disorder profiles:
 
@@ -35,15 +35,15 @@ from typing import Any
 import structlog
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the engine lives with the tests
+sys.path.insert(0, str(ROOT))  # the engine lives in harness/
 
-from tests import convergence as conv  # noqa: E402
-from tests.convex_emulator import (  # noqa: E402
+from harness.convex_emulator import (  # noqa: E402
     EXAMPLE_FUNCTIONS,
     OFFICIAL_FUNCTIONS,
     ConvexEmulator,
 )
-from tests.factories import FORWARD_SECRET  # noqa: E402
+from harness.factories import FORWARD_SECRET  # noqa: E402
+from tests import convergence as conv  # noqa: E402
 
 PROFILES = (  # (label, disorder, outages)
     ("shuffled arrivals, outages", "shuffle", True),
@@ -122,7 +122,7 @@ def report(
         f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `.venv/bin/python "
         f"bench/convergence.py --runs {args.runs} --first-seed {args.first_seed}` in "
         f"{seconds / 60:.1f} min on {os.cpu_count()} CPUs ({platform.python_implementation()} "
-        f"{platform.python_version()}). Scenarios: tests/convergence.py (seeded: same seeds, "
+        f"{platform.python_version()}). Scenarios: harness/convergence.py (seeded: same seeds, "
         "same runs).",
         "",
         f"Each run: {conv.USERS_PER_RUN} users, each created, updated 1-3 times, and with "

@@ -42,9 +42,9 @@ sys.path[:0] = [str(ROOT), str(BENCH)]
 import ingest  # noqa: E402 - bench/ingest.py: presign, run_wrk, the stand-in
 from ingest import SECRET, SEPARATOR, ensure_wrk, presign, run_wrk  # noqa: E402
 
+from harness.relay_process import RelayProcess, wait_until  # noqa: E402
 from relay.models import EventFilter, NewEvent, Status  # noqa: E402
 from relay.store import open_store  # noqa: E402
-from tests.relay_process import RelayProcess, wait_until  # noqa: E402
 
 #: Events drained per delivery run.
 DRAIN_EVENTS = 3000
@@ -75,7 +75,7 @@ def database(backend: str, workdir: Path) -> Iterator[str]:
         workdir.mkdir(parents=True, exist_ok=True)
         yield f"sqlite:///{workdir / 'relay.db'}"
         return
-    from tests.postgres_server import fresh_schema
+    from harness.postgres_server import fresh_schema
 
     with fresh_schema() as url:
         yield url

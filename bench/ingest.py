@@ -46,8 +46,8 @@ from svix.webhooks import Webhook
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.relay_process import RelayProcess, free_port, wait_until  # noqa: E402
 from relay.serve import GUNICORN_CONFIG  # noqa: E402 - after the path setup
-from tests.relay_process import RelayProcess, free_port, wait_until  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

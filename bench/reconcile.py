@@ -6,7 +6,7 @@
 
 Writes ``bench/results/reconcile.md`` and prints it.
 
-1. The Clerk emulator (``tests/clerk_emulator.py``, in this process) holds N users;
+1. The Clerk emulator (``harness/clerk_emulator.py``, in this process) holds N users;
    the Convex emulator (``emulator/``, examples/convex under convex-test) is seeded
    straight into its ``users`` table with 99 % of them: 0.5 % are missing, 0.3 %
    stale and 0.2 % more are users Clerk deleted.
@@ -43,12 +43,12 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT)]
 
+from harness.clerk_emulator import SECRET_KEY, ClerkEmulator  # noqa: E402
+from harness.clerk_histories import user_row  # noqa: E402
+from harness.clerk_objects import T0, clerk_user  # noqa: E402
+from harness.convex_emulator import ADMIN_KEY, EXAMPLE_FUNCTIONS, ConvexEmulator  # noqa: E402
+from harness.relay_process import RelayProcess, relay_env, wait_until  # noqa: E402
 from relay.store import open_store  # noqa: E402
-from tests.clerk_emulator import SECRET_KEY, ClerkEmulator  # noqa: E402
-from tests.clerk_histories import user_row  # noqa: E402
-from tests.clerk_objects import T0, clerk_user  # noqa: E402
-from tests.convex_emulator import ADMIN_KEY, EXAMPLE_FUNCTIONS, ConvexEmulator  # noqa: E402
-from tests.relay_process import RelayProcess, relay_env, wait_until  # noqa: E402
 
 SEED_BATCH = 5000
 DRAIN_TIMEOUT_S = 600.0

@@ -14,6 +14,6 @@ if TYPE_CHECKING:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The WSGI app: ingest, health, metrics and (with a token) admin. No I/O here."""
-    from relay.web import build_app
+    from relay.web.app import build_app
 
     return build_app(settings)

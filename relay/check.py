@@ -128,7 +128,7 @@ def endpoint_url(url: str) -> str:
     prefix kept), or the full endpoint URL they just pasted into Clerk's dashboard."""
     from urllib.parse import urlsplit, urlunsplit
 
-    from relay.ingest import PATHS
+    from relay.web.ingest import PATHS
 
     parts = urlsplit(url.strip())
     path = parts.path.rstrip("/")

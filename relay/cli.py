@@ -163,8 +163,8 @@ def worker(once: bool, nice: int, low_priority: bool) -> None:
         # Before any thread starts: Linux priorities are per thread and threads inherit.
         with contextlib.suppress(OSError):
             os.nice(nice)
+    from relay.delivery.worker import Worker
     from relay.logs import configure_logging
-    from relay.worker import Worker
 
     settings = _settings()
     settings.require_delivery()
@@ -185,7 +185,7 @@ def worker(once: bool, nice: int, low_priority: bool) -> None:
         )
     stop_reconciles = None
     if settings.clerk_secret_key:  # scheduled (RELAY_RECONCILE_EVERY) and requested runs
-        from relay.reconcile_schedule import ReconcileScheduler
+        from relay.reconcile.schedule import ReconcileScheduler
 
         stop_reconciles = ReconcileScheduler(settings, store, owner=w.worker_id).start()
     w.install_signal_handlers()
@@ -448,7 +448,7 @@ def migrate_store_cmd(source: str, dest: str) -> None:
 @handles_errors
 def reconcile(objects: str | None, dry_run: bool, as_json: bool) -> None:
     """Bring Convex up to date with Clerk: queue what is missing, stale or deleted."""
-    from relay.reconcile_cli import run_reconcile
+    from relay.reconcile.cli import run_reconcile
 
     sys.exit(run_reconcile(_settings(), objects, dry_run=dry_run, as_json=as_json))
 

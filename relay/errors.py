@@ -19,7 +19,7 @@
     ├── ClerkAPIError               Clerk's Backend API refused or kept failing (reconcile)
     └── ConvexQueryError            Convex's state could not be read (reconcile)
 
-Errors that reach HTTP, and routing's own 404/405, are rendered by ``relay.web`` as
+Errors that reach HTTP, and routing's own 404/405, are rendered by ``relay.web.app`` as
 ``{"error": <short code>, "detail": <sentence>}``.
 """
 

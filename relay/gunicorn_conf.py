@@ -46,7 +46,7 @@ threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 worker_class = "gthread" if threads > 1 else "gevent"
 # Requests one gevent worker serves at once; more wait in the listen backlog. Clerk
 # sends a few at a time, but slow or stalled clients hold slots until the body deadline
-# (relay.request_deadline, 10 s): 1,000 per worker (gunicorn's default; a waiting
+# (relay.web.deadline, 10 s): 1,000 per worker (gunicorn's default; a waiting
 # greenlet costs a few KiB) keeps several hundred of them from starving ingest.
 worker_connections = 1000
 # Ingest is a signature check plus one commit: a request still running after 30 s is stuck.

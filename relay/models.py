@@ -310,7 +310,7 @@ class TargetState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TargetHealth:
-    """One target's row in the store (see :mod:`relay.target`). Times are epoch ms."""
+    """One target's row in the store (see :mod:`relay.delivery.target`). Times are epoch ms."""
 
     target: str
     state: TargetState = TargetState.UP

@@ -28,9 +28,9 @@ from types import FrameType
 import structlog
 
 from relay import metrics
+from relay.delivery.worker import REPEAT_SIGNAL_WINDOW_S
 from relay.settings import Settings
 from relay.store import open_store
-from relay.worker import REPEAT_SIGNAL_WINDOW_S
 
 log = structlog.get_logger("relay.serve")
 

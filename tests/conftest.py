@@ -9,12 +9,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from harness.convex_standin import ConvexStandIn
+from harness.factories import FORWARD_SECRET, SECRET
 from relay import create_app
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
-
-from .convex_standin import ConvexStandIn
-from .factories import FORWARD_SECRET, SECRET
 
 
 @pytest.fixture

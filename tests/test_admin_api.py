@@ -15,16 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from harness.convex_standin import ConvexStandIn
+from harness.factories import SECRET, make_event
 from relay import create_app
-from relay.adminauth import FailureLimiter
+from relay.delivery.worker import Worker
 from relay.models import EventFilter, Status
 from relay.settings import Settings
 from relay.store import Store, open_store
-from relay.worker import Worker
-
-from .adminkit import BEARER, TOKEN, admin_settings, ingest
-from .convex_standin import ConvexStandIn
-from .factories import SECRET, make_event
+from relay.web.auth import FailureLimiter
+from tests.support.adminkit import BEARER, TOKEN, admin_settings, ingest
 
 DAY_MS = 86_400_000
 T0 = 1_700_000_000_000

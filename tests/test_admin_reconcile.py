@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from harness.clerk_emulator import SECRET_KEY, ClerkEmulator
+from harness.clerk_objects import T0, clerk_user
 from relay import create_app
-from relay.reconcile_schedule import ReconcileScheduler
+from relay.reconcile.schedule import ReconcileScheduler
 from relay.settings import Settings
 from relay.store import open_store
-
-from .adminkit import BEARER, admin_settings
-from .clerk_emulator import SECRET_KEY, ClerkEmulator
-from .clerk_objects import T0, clerk_user
+from tests.support.adminkit import BEARER, admin_settings
 
 
 @pytest.fixture

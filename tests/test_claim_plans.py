@@ -2,7 +2,7 @@
 
 Issue 15: with a large backlog a claim used to walk every due-but-blocked follower,
 and counts, the oldest-pending gauge and ``relay events --status pending`` read or
-sorted the whole table. Here a store in the backlog shape (:mod:`tests.backlog`:
+sorted the whole table. Here a store in the backlog shape (:mod:`harness.backlog`:
 10,000 users, each with delivered history, a head waiting on its backoff and parked
 followers) is built once per backend; then the store's own verbs run against it
 through a connection that records every statement with its parameters, so the
@@ -29,13 +29,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from harness.backlog import Backlog, fill_postgres, fill_sqlite, make_due
+from harness.factories import make_event
+from harness.postgres_server import fresh_schema
 from relay.models import Attempt, EventFilter, Outcome, Status
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
-
-from .backlog import Backlog, fill_postgres, fill_sqlite, make_due
-from .factories import make_event
-from .postgres_server import fresh_schema
 
 EVENTS = 100_000
 PER_OBJECT = 10

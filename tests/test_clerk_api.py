@@ -12,11 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay.clerk_api import ClerkAPI, RateLimiter, backoff_s, retry_after_s
+from harness.clerk_emulator import SECRET_KEY, ClerkEmulator
+from harness.clerk_objects import T0, clerk_membership, clerk_organization, clerk_user
 from relay.errors import ClerkAPIError
-
-from .clerk_emulator import SECRET_KEY, ClerkEmulator
-from .clerk_objects import T0, clerk_membership, clerk_organization, clerk_user
+from relay.reconcile.clerk_api import ClerkAPI, RateLimiter, backoff_s, retry_after_s
 
 
 @pytest.fixture

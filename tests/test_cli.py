@@ -17,15 +17,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from harness.convex_emulator import ADMIN_KEY, ConvexEmulator
+from harness.convex_emulator import convex_emulator_fixture as convex_emulator_fixture
+from harness.convex_standin import ConvexStandIn
+from harness.factories import FORWARD_SECRET, SECRET, make_event
+from harness.relay_process import RelayProcess, free_port, relay_env
 from relay.cli import main
 from relay.models import Attempt, Outcome, Status
 from relay.store.sqlite import SQLiteStore
-
-from .convex_emulator import ADMIN_KEY, ConvexEmulator
-from .convex_emulator import convex_emulator_fixture as convex_emulator_fixture
-from .convex_standin import ConvexStandIn
-from .factories import FORWARD_SECRET, SECRET, make_event
-from .relay_process import RelayProcess, free_port, relay_env
 
 NOW_MS = int(time.time() * 1000)
 DAY_MS = 86_400_000

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.factories import make_envelope, make_event, signed_headers
+from harness.relay_process import RelayProcess, relay_env
 from relay import create_app
 from relay.models import NewEvent, Status
 from relay.settings import Settings
@@ -32,9 +34,6 @@ from relay.store.committer import (
     socket_name,
 )
 from relay.store.sqlite import SQLiteStore
-
-from .factories import make_envelope, make_event, signed_headers
-from .relay_process import RelayProcess, relay_env
 
 
 @pytest.fixture

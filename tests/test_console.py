@@ -11,15 +11,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from harness.factories import FIXTURES, SECRET, make_event
 from relay import create_app
-from relay.adminauth import FailureLimiter, session_key
 from relay.models import NewEvent, Status
 from relay.redact import REDACTED, redact, redact_text
 from relay.settings import Settings
 from relay.store import Store, open_store
-
-from .adminkit import DEPLOY_KEY, TOKEN, admin_settings
-from .factories import FIXTURES, SECRET, make_event
+from relay.web.auth import FailureLimiter, session_key
+from tests.support.adminkit import DEPLOY_KEY, TOKEN, admin_settings
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -290,7 +289,7 @@ def test_banner_when_the_target_is_down(app: Flask, store: Store) -> None:
 
     client = signed_in(app)
     assert "Convex is" not in client.get("/admin/").get_data(as_text=True)
-    from relay.webcontext import runtime
+    from relay.web.context import runtime
 
     with app.app_context():
         target = runtime().settings.target_url
@@ -306,7 +305,7 @@ def test_banner_when_the_target_is_down(app: Flask, store: Store) -> None:
 
 
 def _post_raw(client: FlaskClient, body: bytes, msg_id: str) -> None:
-    from .factories import signed_headers
+    from harness.factories import signed_headers
 
     response = client.post(
         "/webhooks/clerk", data=body, headers=signed_headers(body, msg_id=msg_id)
@@ -318,7 +317,7 @@ def _view_and_replay(client: FlaskClient, event_id: str) -> str:
     """The event's console page, admin API entry, and a console and an API replay."""
     from urllib.parse import quote
 
-    from .adminkit import BEARER
+    from tests.support.adminkit import BEARER
 
     path = quote(event_id, safe="/")
     page = client.get(f"/admin/event/{path}")
@@ -337,7 +336,7 @@ def _view_and_replay(client: FlaskClient, event_id: str) -> str:
 
 
 def store_of(client: FlaskClient) -> Store:
-    from relay.webcontext import Runtime
+    from relay.web.context import Runtime
 
     runtime: Runtime = client.application.extensions["relay"]
     return runtime.store

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from .adminkit import BEARER, TOKEN
-from .convex_standin import ConvexStandIn
-from .factories import SECRET, make_envelope, signed_headers
+from harness.convex_standin import ConvexStandIn
+from harness.factories import SECRET, make_envelope, signed_headers
+from tests.support.adminkit import BEARER, TOKEN
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

@@ -1,6 +1,6 @@
 """Convergence: whatever the order, duplicates and outages, Convex ends in Clerk's final state.
 
-Hundreds of seeded runs (engine: ``tests/convergence.py``) deliver users' create/
+Hundreds of seeded runs (engine: ``harness/convergence.py``) deliver users' create/
 update/delete/re-create histories through the relay to the real examples/convex
 functions under the emulator; every run must end exactly right. The same histories
 sent straight to Convex's official template show what the relay protects against;
@@ -19,15 +19,19 @@ from pathlib import Path
 
 import pytest
 
+from harness import convergence as conv
+from harness.clerk_histories import stored_rows
+from harness.convex_emulator import (
+    EXAMPLE_FUNCTIONS,
+    OFFICIAL_FUNCTIONS,
+    ConvexEmulator,
+    require_emulator,
+)
+from harness.factories import FIXTURES, FORWARD_SECRET
+from harness.relay_process import RelayProcess, relay_env
+from relay.delivery.worker import Worker
 from relay.models import NewEvent, Status
 from relay.store.sqlite import SQLiteStore
-from relay.worker import Worker
-
-from . import convergence as conv
-from .clerk_histories import stored_rows
-from .convex_emulator import EXAMPLE_FUNCTIONS, OFFICIAL_FUNCTIONS, ConvexEmulator, require_emulator
-from .factories import FIXTURES, FORWARD_SECRET
-from .relay_process import RelayProcess, relay_env
 
 pytestmark = pytest.mark.e2e
 

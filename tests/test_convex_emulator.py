@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 import requests
 
-from relay.normalize import normalize_event
-from tests.convex_emulator import (
+from harness.convex_emulator import (
     ADMIN_KEY,
     FORWARD_SECRET,
     ConvexEmulator,
     convex_emulator_fixture,  # noqa: F401 - provides the `convex_emulator` fixture
     official_convex_emulator_fixture,  # noqa: F401 - provides `official_convex_emulator`
 )
-from tests.factories import FIXTURES, make_envelope, signed_headers
+from harness.factories import FIXTURES, make_envelope, signed_headers
+from relay.normalize import normalize_event
 
 pytestmark = pytest.mark.e2e
 

@@ -18,15 +18,14 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from relay.deliver import REPLY_READ_BYTES, Deliverer, Request
+from harness.convex_standin import ConvexStandIn
+from harness.factories import make_event
+from relay.delivery.deliverer import REPLY_READ_BYTES, Deliverer, Request
+from relay.delivery.worker import Worker
 from relay.models import Status
 from relay.redact import REDACTED
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
-from relay.worker import Worker
-
-from .convex_standin import ConvexStandIn
-from .factories import make_event
 
 DEPLOY_KEY = "prod:happy-otter-123|eyJ2MiI6ImFiY2RlZmdoaWprbG1ub3AifQ=="
 

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.factories import FORWARD_SECRET, make_envelope, make_event
+from harness.relay_process import RelayProcess, TrackingStandIn, free_port, relay_env, wait_until
 from relay.models import Status
 from relay.store.sqlite import SQLiteStore
-
-from .factories import FORWARD_SECRET, make_envelope, make_event
-from .relay_process import RelayProcess, TrackingStandIn, free_port, relay_env, wait_until
 
 pytestmark = pytest.mark.e2e
 

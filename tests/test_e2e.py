@@ -20,11 +20,10 @@ from typing import Any
 import pytest
 from svix.webhooks import Webhook, WebhookVerificationError
 
+from harness.factories import FORWARD_SECRET, SECOND_SECRET, SECRET, fixture_paths, make_envelope
+from harness.relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
 from relay.models import Event, Status, order_key, to_ms
 from relay.store.sqlite import SQLiteStore
-
-from .factories import FORWARD_SECRET, SECOND_SECRET, SECRET, fixture_paths, make_envelope
-from .relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
 
 pytestmark = pytest.mark.e2e
 

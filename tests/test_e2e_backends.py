@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 from svix.webhooks import Webhook
 
+from harness.factories import FORWARD_SECRET, fixture_paths, make_envelope
+from harness.postgres_server import fresh_schema
+from harness.relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
 from relay.models import Event, NewEvent, Status
 from relay.store import Store, open_store
-
-from .factories import FORWARD_SECRET, fixture_paths, make_envelope
-from .postgres_server import fresh_schema
-from .relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -18,10 +18,7 @@ from typing import Any
 
 import pytest
 
-from relay.models import Event, Status, order_key, to_ms
-from relay.store.sqlite import SQLiteStore
-
-from .clerk_histories import (
+from harness.clerk_histories import (
     ISSUER,
     TABLES,
     ClerkEvent,
@@ -34,9 +31,11 @@ from .clerk_histories import (
     user_histories,
     user_upsert,
 )
-from .convex_emulator import ADMIN_KEY, EXAMPLE_FUNCTIONS, ConvexEmulator, require_emulator
-from .factories import FORWARD_SECRET, fixture_paths
-from .relay_process import RelayProcess, relay_env, wait_until
+from harness.convex_emulator import ADMIN_KEY, EXAMPLE_FUNCTIONS, ConvexEmulator, require_emulator
+from harness.factories import FORWARD_SECRET, fixture_paths
+from harness.relay_process import RelayProcess, relay_env, wait_until
+from relay.models import Event, Status, order_key, to_ms
+from relay.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.e2e
 

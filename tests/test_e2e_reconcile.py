@@ -22,11 +22,8 @@ from typing import Any
 
 import pytest
 
-from relay.models import EventFilter, Status
-from relay.store.sqlite import SQLiteStore
-
-from .clerk_emulator import SECRET_KEY, ClerkEmulator, Logged
-from .clerk_histories import (
+from harness.clerk_emulator import SECRET_KEY, ClerkEmulator, Logged
+from harness.clerk_histories import (
     TABLES,
     membership_row,
     official_user_row,
@@ -34,16 +31,21 @@ from .clerk_histories import (
     stored_rows,
     user_row,
 )
-from .clerk_objects import T0, clerk_membership, clerk_organization, clerk_user, envelope
-from .convex_emulator import (
+from harness.clerk_objects import T0, clerk_membership, clerk_organization, clerk_user, envelope
+from harness.convex_emulator import (
     ADMIN_KEY,
     EXAMPLE_FUNCTIONS,
     FORWARD_SECRET,
     ConvexEmulator,
     require_emulator,
 )
-from .convex_emulator import official_convex_emulator_fixture as official_convex_emulator_fixture
-from .relay_process import RelayProcess, relay_env, wait_until
+from harness.convex_emulator import (
+    official_convex_emulator_fixture as official_convex_emulator_fixture,
+)
+from harness.relay_process import RelayProcess, relay_env, wait_until
+from relay.models import EventFilter, Status
+from relay.store.sqlite import SQLiteStore
+
 from .test_e2e_convex import ORG_ROUTES
 
 pytestmark = pytest.mark.e2e
@@ -179,7 +181,7 @@ def test_reconcile_makes_convex_equal_clerk_and_a_second_run_queues_nothing(
     """30 % missing, 10 % stale, 5 % deleted in Clerk: after one run the tables match."""
     populate(clerk, emulator)
     assert convex_state(emulator) != clerk_state(clerk)
-    summary = relay.reconcile()
+    summary = relay.reconcile.reconciler()
     assert summary == {
         "users": {"clerk": 100, "convex": 75, "missing": 30, "stale": 10, "gone": 5, "queued": 45},
         "organizations": {
@@ -201,7 +203,7 @@ def test_reconcile_makes_convex_equal_clerk_and_a_second_run_queues_nothing(
     }
     relay.settle()
     assert convex_state(emulator) == clerk_state(clerk)
-    again = relay.reconcile()
+    again = relay.reconcile.reconciler()
     assert {kind: counts["queued"] for kind, counts in again.items()} == {
         "users": 0,
         "organizations": 0,
@@ -245,7 +247,7 @@ def test_webhooks_during_a_run_are_never_overwritten(
             assert relay.process.post_event(env, msg_id).status_code == 200
 
     clerk.on_request(webhooks_mid_run)
-    summary = relay.reconcile("--objects", "users")
+    summary = relay.reconcile.reconciler("--objects", "users")
     assert sent.is_set()
     assert (summary["users"]["stale"], summary["users"]["missing"]) == (1, 1)
     relay.settle()
@@ -293,7 +295,7 @@ def test_a_run_killed_midway_and_run_again_ends_correct(
     assert killed.is_set()
     before = len(relay.store.list_events(EventFilter(), limit=2000).events)
     assert before == 500  # the first page was queued, nothing after it
-    summary = relay.reconcile("--objects", "users")
+    summary = relay.reconcile.reconciler("--objects", "users")
     assert summary["users"]["clerk"] == 1100
     # The first page's 500 are delivered by now or still pending under the same ids:
     # either way only the other 600 are queued.
@@ -371,7 +373,7 @@ def test_webhooks_during_a_run_win_on_the_official_template_too(
                 assert process.post_event(env, msg_id).status_code == 200
 
         clerk.on_request(webhooks_mid_run)
-        assert relay.reconcile("--objects", "users")["users"]["queued"] == 2
+        assert relay.reconcile.reconciler("--objects", "users")["users"]["queued"] == 2
         relay.settle()
         relay.store.close()
     assert sent.is_set()

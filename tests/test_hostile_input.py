@@ -32,9 +32,10 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .adminkit import BEARER, TOKEN
-from .factories import FORWARD_SECRET, signed_headers
-from .relay_process import RelayProcess, TrackingStandIn, relay_env
+from harness.factories import FORWARD_SECRET, signed_headers
+from harness.relay_process import RelayProcess, TrackingStandIn, relay_env
+from tests.support.adminkit import BEARER, TOKEN
+
 from .test_e2e_backends import BACKENDS, database
 
 pytestmark = pytest.mark.e2e

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from harness.factories import SECOND_SECRET, SECRET, fixture_paths, make_envelope, signed_headers
 from relay import create_app
 from relay.models import Status
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
-
-from .factories import SECOND_SECRET, SECRET, fixture_paths, make_envelope, signed_headers
 
 
 def post(
@@ -260,7 +259,7 @@ def test_signed_bodies_json_cannot_hold_are_400_not_500(
 def test_nesting_up_to_the_limit_is_accepted(client: FlaskClient, store: SQLiteStore) -> None:
     """128 levels (counting the envelope) are still an event; brackets inside strings
     do not count."""
-    from relay.ingest import MAX_NESTING
+    from relay.web.ingest import MAX_NESTING
 
     inner = b"[" * (MAX_NESTING - 1) + b"]" * (MAX_NESTING - 1)
     body = b'{"type":"user.updated","s":"' + b"[{" * 500 + b'\\"[","x":' + inner + b"}"

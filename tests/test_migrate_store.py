@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from harness.factories import make_event
+from harness.postgres_server import fresh_schema
 from relay.migrate import migrate_store
 from relay.models import Event, Outcome, Status
 from relay.store import Store
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
-
-from .factories import make_event
-from .postgres_server import fresh_schema
-from .store_contract import LEASE, NOW, attempt, deliver_all
+from tests.support.store_contract import LEASE, NOW, attempt, deliver_all
 
 RETRY_AT = NOW + 60_000
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from harness.factories import fixture_paths, make_envelope
 from relay.convex_values import MAX_ARGS_BYTES, MAX_DOCUMENT_BYTES
 from relay.errors import UnsafeValueError
 from relay.normalize import (
@@ -19,8 +20,6 @@ from relay.normalize import (
     unescape_key,
     unescape_keys,
 )
-
-from .factories import fixture_paths, make_envelope
 
 ISSUER = "https://example.clerk.accounts.dev"
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "normalized"

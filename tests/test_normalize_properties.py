@@ -8,6 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.factories import make_envelope
 from relay.convex_values import MAX_DOCUMENT_NESTING, MAX_KEY_CHARS, MAX_SAFE_INTEGER
 from relay.errors import UnsafeValueError
 from relay.normalize import (
@@ -18,8 +19,6 @@ from relay.normalize import (
     unescape_key,
     unescape_keys,
 )
-
-from .factories import make_envelope
 
 FAST = settings(max_examples=200, deadline=None)
 

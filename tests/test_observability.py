@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.factories import FORWARD_SECRET, SECRET, make_event, signed_headers
+from harness.relay_process import RelayProcess, TrackingStandIn, free_port, relay_env, wait_until
 from relay.check import sample_envelope
 from relay.store.sqlite import SQLiteStore
-
-from .factories import FORWARD_SECRET, SECRET, make_event, signed_headers
-from .relay_process import RelayProcess, TrackingStandIn, free_port, relay_env, wait_until
 
 pytestmark = pytest.mark.e2e
 

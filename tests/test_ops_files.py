@@ -281,7 +281,7 @@ def test_errors_gunicorn_answers_itself_are_json(tmp_path: Path) -> None:
     gunicorn's HTML page."""
     import socket
 
-    from .relay_process import RelayProcess, relay_env
+    from harness.relay_process import RelayProcess, relay_env
 
     env = relay_env(tmp_path, CONVEX_SITE_URL="http://127.0.0.1:9")
     answers = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.outcome import Verdict, classify
+from relay.delivery.outcome import Verdict, classify
 
 
 @pytest.mark.parametrize(

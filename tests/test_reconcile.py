@@ -14,11 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from relay.clerk_api import ClerkAPI, RateLimiter
-from relay.convex_state import ConvexState
+from harness.clerk_emulator import SECRET_KEY, ClerkEmulator, Logged
+from harness.clerk_histories import user_row
+from harness.clerk_objects import T0, clerk_user, envelope
+from harness.convex_emulator import ADMIN_KEY, ConvexEmulator
+from harness.convex_emulator import convex_emulator_fixture as convex_emulator_fixture
+from harness.convex_emulator import (
+    official_convex_emulator_fixture as official_convex_emulator_fixture,
+)
+from harness.postgres_server import fresh_schema
 from relay.errors import ConfigError
 from relay.models import DELETE_ORDER, EventFilter, NewEvent
-from relay.reconcile import (
+from relay.reconcile.clerk_api import ClerkAPI, RateLimiter
+from relay.reconcile.convex_state import ConvexState
+from relay.reconcile.reconciler import (
     KINDS,
     Counts,
     Reconciler,
@@ -31,14 +40,6 @@ from relay.reconcile import (
 from relay.settings import Settings
 from relay.store import Store
 from relay.store.sqlite import SQLiteStore
-
-from .clerk_emulator import SECRET_KEY, ClerkEmulator, Logged
-from .clerk_histories import user_row
-from .clerk_objects import T0, clerk_user, envelope
-from .convex_emulator import ADMIN_KEY, ConvexEmulator
-from .convex_emulator import convex_emulator_fixture as convex_emulator_fixture
-from .convex_emulator import official_convex_emulator_fixture as official_convex_emulator_fixture
-from .postgres_server import fresh_schema
 
 USERS = KINDS["users"]
 NOW = T0 + 10_000_000

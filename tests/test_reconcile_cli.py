@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from harness.clerk_emulator import SECRET_KEY, ClerkEmulator
+from harness.clerk_histories import user_row
+from harness.clerk_objects import T0, clerk_user
+from harness.convex_emulator import ADMIN_KEY, ConvexEmulator
+from harness.convex_emulator import convex_emulator_fixture as convex_emulator_fixture
+from harness.factories import SECRET, make_event
 from relay.cli import main
 
-from .clerk_emulator import SECRET_KEY, ClerkEmulator
-from .clerk_histories import user_row
-from .clerk_objects import T0, clerk_user
-from .convex_emulator import ADMIN_KEY, ConvexEmulator
-from .convex_emulator import convex_emulator_fixture as convex_emulator_fixture
-from .factories import SECRET, make_event
 from .test_cli import CONFIG_VARS
 
 RECONCILE_VARS = ("CLERK_SECRET_KEY", "CLERK_API_URL", "RELAY_CLERK_RATE")

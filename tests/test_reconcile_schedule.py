@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.clerk_emulator import SECRET_KEY, ClerkEmulator
+from harness.clerk_objects import T0, clerk_user
+from harness.factories import SECRET
 from relay.models import ReconcileRun, RunStatus
-from relay.reconcile_schedule import LEASE_NAME, LEASE_TTL_MS, ReconcileScheduler, request_run
+from relay.reconcile.schedule import LEASE_NAME, LEASE_TTL_MS, ReconcileScheduler, request_run
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
-
-from .clerk_emulator import SECRET_KEY, ClerkEmulator
-from .clerk_objects import T0, clerk_user
-from .factories import SECRET
 
 HOUR_MS = 3_600_000
 
@@ -196,7 +195,7 @@ def test_the_scheduler_thread_checks_until_stopped(
     sched = ReconcileScheduler(settings(clerk), store, owner="w1", check_every_s=0.05)
     stop = sched.start()
     try:
-        from .relay_process import wait_until
+        from harness.relay_process import wait_until
 
         wait_until(lambda: store.reconcile_runs(limit=1)[0].status is RunStatus.DONE, 20, "the run")
     finally:

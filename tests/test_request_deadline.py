@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.request_deadline import BODY_DEADLINE_S
-
-from .factories import make_envelope
-from .relay_process import RelayProcess, relay_env
+from harness.factories import make_envelope
+from harness.relay_process import RelayProcess, relay_env
+from relay.web.deadline import BODY_DEADLINE_S
 
 #: "Several hundred" stalled clients, as in the report (about 500 used up every slot of
 #: the old configuration: two gevent workers x 256).

@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from relay.retry import JITTER_FRACTION, MAX_RETRY_AFTER_S, next_delay_s, parse_retry_after
+from relay.delivery.retry import JITTER_FRACTION, MAX_RETRY_AFTER_S, next_delay_s, parse_retry_after
 from relay.settings import DEFAULT_RETRY_SCHEDULE_S
 
 

@@ -31,9 +31,9 @@ import psycopg
 import pytest
 import requests
 
-from .factories import FORWARD_SECRET, make_envelope, signed_headers
-from .postgres_server import fresh_schema
-from .relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
+from harness.factories import FORWARD_SECRET, make_envelope, signed_headers
+from harness.postgres_server import fresh_schema
+from harness.relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -44,7 +44,7 @@ SERVE_INSTANCES = 2
 EXTRA_WORKERS = 3
 #: Deliveries in flight per worker (the relay's default), the most a killed one can hold.
 CONCURRENCY = 4
-#: RELAY_DELIVERY_TIMEOUT=1s gives leases of 1 * 2 + 30 = 32 s (see relay.worker).
+#: RELAY_DELIVERY_TIMEOUT=1s gives leases of 1 * 2 + 30 = 32 s (see relay.delivery.worker).
 LEASE_S = 32
 #: Generous: the 2-core machines also run other suites; a normal run settles in ~20 s.
 SETTLE_TIMEOUT_S = 90.0

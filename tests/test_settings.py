@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from harness.factories import SECOND_SECRET, SECRET
 from relay.errors import ConfigError
 from relay.settings import DEFAULT_RETRY_SCHEDULE_S, Route, Settings, parse_duration_s, parse_size
-
-from .factories import SECOND_SECRET, SECRET
 
 BASE = {"CLERK_WEBHOOK_SECRET": SECRET, "CONVEX_SITE_URL": "https://happy-otter-123.convex.site"}
 

@@ -10,15 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
+from harness.factories import make_event
+from harness.postgres_server import fresh_schema
 from relay.errors import StoreError
 from relay.models import Outcome, Status
 from relay.store import open_store
 from relay.store.postgres import PostgresStore
 from relay.store.postgres_schema import MIGRATIONS
-
-from .factories import make_event
-from .postgres_server import fresh_schema
-from .store_contract import LEASE, NOW, StoreContract, attempt
+from tests.support.store_contract import LEASE, NOW, StoreContract, attempt
 
 #: Advisory lock the stalling trigger waits on (outside the store's own key space).
 GATE_KEY = 4242

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from harness.factories import make_event
 from relay.store import local, open_store
 from relay.store.sqlite import SQLiteStore
-
-from .factories import make_event
-from .store_contract import StoreContract
+from tests.support.store_contract import StoreContract
 
 
 @pytest.fixture

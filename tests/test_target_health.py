@@ -16,16 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from harness.convex_standin import ConvexStandIn
+from harness.factories import SECRET, make_event
+from harness.postgres_server import fresh_schema
+from harness.relay_process import wait_until
+from relay.delivery.target import DOWN_AFTER, MISCONFIGURED_AFTER
+from relay.delivery.worker import Worker
 from relay.models import Status, TargetState
 from relay.settings import Settings
 from relay.store import Store, open_store
-from relay.target import DOWN_AFTER, MISCONFIGURED_AFTER
-from relay.worker import Worker
-
-from .convex_standin import ConvexStandIn
-from .factories import SECRET, make_event
-from .postgres_server import fresh_schema
-from .relay_process import wait_until
 
 BACKENDS = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)]
 PROBE_S = 0.4
@@ -251,7 +250,7 @@ def test_after_any_outage_the_next_probe_is_at_most_one_gap_away(
     """A 60 s and a 6 h outage on a scaled clock: probes back off to the maximum gap and
     stay there, so whenever Convex returns, the next probe (which delivers) is at most
     RELAY_PROBE_INTERVAL_MAX away, and probes never come faster than the first gap."""
-    from relay.target import Gate, TargetHealthTracker
+    from relay.delivery.target import Gate, TargetHealthTracker
 
     STEP_S = 1.0
     clock = [1_800_000_000.0]

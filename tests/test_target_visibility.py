@@ -8,10 +8,10 @@ import re
 import time
 from pathlib import Path
 
+from harness.factories import FORWARD_SECRET
+from harness.relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
 from relay.check import sample_envelope
 
-from .factories import FORWARD_SECRET
-from .relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
 from .test_observability import metric
 
 ALERT_RULES = Path(__file__).parent.parent / "deploy" / "prometheus" / "relay-alerts.yml"

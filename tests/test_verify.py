@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 import standardwebhooks.webhooks
 
+from harness.factories import FIXTURES, SECOND_SECRET, SECRET, signed_headers
 from relay.errors import BadRequest, Unauthorized
 from relay.verify import Verifier, read_headers
-
-from .factories import FIXTURES, SECOND_SECRET, SECRET, signed_headers
 
 VECTORS = json.loads((FIXTURES / "svix-vectors.json").read_text())
 

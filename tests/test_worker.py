@@ -17,15 +17,14 @@ import pytest
 from structlog.testing import capture_logs
 from svix.webhooks import Webhook
 
+from harness.convex_standin import ConvexStandIn
+from harness.factories import FORWARD_SECRET, SECRET, make_event
+from harness.relay_process import wait_until
+from relay.delivery.worker import Worker
 from relay.models import Status
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
-from relay.worker import Worker
-
-from .convex_standin import ConvexStandIn
-from .factories import FORWARD_SECRET, SECRET, make_event
-from .relay_process import wait_until
-from .store_contract import attempt
+from tests.support.store_contract import attempt
 
 KEY = "prod:standin|key"
 
@@ -572,8 +571,8 @@ def test_recorder_writes_outcomes_that_wait_together_in_one_transaction(
     settings: Settings, tmp_path: Path, convex: ConvexStandIn
 ) -> None:
     """Outcomes queued while the recorder is busy are written by one complete_many."""
+    from relay.delivery.worker import Recorder
     from relay.models import Outcome
-    from relay.worker import Recorder
 
     store = seeded(BatchRecordingStore, tmp_path / "batches.db", 3)
     worker = make_worker(settings, store, convex)

@@ -1,7 +1,7 @@
 """Durable storage of events, behind one small interface with one module per backend.
 
 The verbs are what ingest, the worker, the CLI and the admin API need, no more.
-Every backend passes the same contract suite (``tests/store_contract.py``).
+Every backend passes the same contract suite (``tests/support/store_contract.py``).
 
 Claims are leases: a claimed event stays ``pending`` with ``lease_owner`` and
 ``lease_expires_at`` set, so a worker that dies mid-delivery loses nothing; its

@@ -219,7 +219,7 @@ class SQLStoreBase(RunsAndLeases):
     def ping(self) -> None:
         self._query("SELECT 1")
 
-    # -- target health (relay.target) ----------------------------------------------------
+    # -- target health (relay.delivery.target) ----------------------------------------------------
 
     def target_health(self, target: str) -> TargetHealth | None:
         rows = self._query(

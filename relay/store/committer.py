@@ -81,7 +81,7 @@ COMMIT_DELAY_S = 1e-3
 #: Ingest is in a burst while its commits hold this many events on average (moving
 #: average over about :data:`BURST_WINDOW` commits): requests are queueing for the disk,
 #: not arriving one at a time. The committer says so in its wake-ups and the delivery
-#: worker then leaves the CPUs to ingest (see :mod:`relay.worker`). At 500 req/s on the
+#: worker then leaves the CPUs to ingest (see :mod:`relay.delivery.worker`). At 500 req/s on the
 #: 2-core VM commits hold 1-2 events; a saturating burst puts 6-11 in each.
 BURST_EVENTS_PER_COMMIT = 3.0
 BURST_WINDOW = 8

@@ -8,9 +8,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
+from harness.factories import SECRET, make_envelope, signed_headers
 from relay.settings import Settings
-
-from .factories import SECRET, make_envelope, signed_headers
 
 TOKEN = "admin-token-for-tests-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -8,7 +8,7 @@ about each event, so it is tracked once:
     (no connection, timeouts, 408, 429, 5xx) count in a streak;
     :data:`DOWN_AFTER` of them in a row, from at least two events, with no
     delivery between, move the target to ``down``. *Suspect* answers (401, 403, 404,
-    the official template's signature 400: see :mod:`relay.outcome`) hold their event
+    the official template's signature 400: see :mod:`relay.delivery.outcome`) hold their event
     (pending, nothing charged); :data:`MISCONFIGURED_AFTER` distinct events in a row
     with the same status move the target to ``misconfigured``. An event held once
     that gets the same answer again *after the target delivered something else* was
@@ -172,7 +172,7 @@ class TargetHealthTracker:
         return False
 
     def suspect_answer(self, event: Event, status_code: int | None, why: str) -> bool:
-        """A suspect answer (see :mod:`relay.outcome`). True to hold the event, False
+        """A suspect answer (see :mod:`relay.delivery.outcome`). True to hold the event, False
         when it is the event's own fault (it failed this way before, and the target has
         delivered other events since)."""
         code = status_code or 0

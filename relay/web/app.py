@@ -5,8 +5,8 @@ opened (and migrated) lazily by the first request in each process, because gunic
 forks workers after loading the app.
 
 The webhook endpoint itself is a plain WSGI app in front of Flask
-(:class:`relay.ingest.IngestEndpoint`); it shares the request id and the canonical
-log line with Flask's routes through :mod:`relay.webcontext`, which every blueprint
+(:class:`relay.web.ingest.IngestEndpoint`); it shares the request id and the canonical
+log line with Flask's routes through :mod:`relay.web.context`, which every blueprint
 imports instead of this factory (so nothing imports back into it).
 """
 
@@ -19,16 +19,16 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from relay import adminauth
-from relay.admin import bp as admin_bp
-from relay.console import bp as console_bp
 from relay.errors import HTTPError
-from relay.health import bp as health_bp
-from relay.ingest import IngestEndpoint
 from relay.logs import configure_logging
-from relay.request_deadline import BodyDeadline
 from relay.settings import Settings
-from relay.webcontext import UNEXPECTED, Runtime, begin_request, log_request
+from relay.web import auth
+from relay.web.admin import bp as admin_bp
+from relay.web.console import bp as console_bp
+from relay.web.context import UNEXPECTED, Runtime, begin_request, log_request
+from relay.web.deadline import BodyDeadline
+from relay.web.health import bp as health_bp
+from relay.web.ingest import IngestEndpoint
 
 log = structlog.get_logger("relay.web")
 
@@ -50,7 +50,7 @@ def build_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(health_bp)
     if settings.admin_token:
-        adminauth.install(app, settings.admin_token)
+        auth.install(app, settings.admin_token)
         app.register_blueprint(admin_bp)
         app.register_blueprint(console_bp)
 
@@ -59,9 +59,9 @@ def build_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(Exception, _render_unexpected)
     app.before_request(_start_request)
     app.after_request(_log_request)
-    # Outermost, so Clerk's deliveries skip the rest of the stack (see relay.ingest).
+    # Outermost, so Clerk's deliveries skip the rest of the stack (see relay.web.ingest).
     app.wsgi_app = IngestEndpoint(app.wsgi_app, app.extensions["relay"])  # type: ignore[method-assign]
-    # Around everything: no request may wait for its body forever (relay.request_deadline).
+    # Around everything: no request may wait for its body forever (relay.web.deadline).
     app.wsgi_app = BodyDeadline(app.wsgi_app)  # type: ignore[method-assign]
     return app
 

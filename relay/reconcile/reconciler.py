@@ -32,11 +32,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from relay.clerk_api import ClerkAPI, JSONObject, RateLimiter
-from relay.convex_state import ConvexState, StateRow
 from relay.errors import ConfigError, ConvexQueryError
 from relay.models import RECONCILE_ID_PREFIX, NewEvent, Status, to_ms
-from relay.reconcile_index import ReconcileIndex
+from relay.reconcile.clerk_api import ClerkAPI, JSONObject, RateLimiter
+from relay.reconcile.convex_state import ConvexState, StateRow
+from relay.reconcile.index import ReconcileIndex
 from relay.settings import Settings
 from relay.store import Store
 

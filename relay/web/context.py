@@ -1,7 +1,7 @@
 """What every part of the web app shares: the per-process :class:`Runtime`, the
 request id and the canonical per-request log line, the wall clock in milliseconds.
 
-The app factory (:mod:`relay.web`) builds the app from the blueprints; the blueprints
+The app factory (:mod:`relay.web.app`) builds the app from the blueprints; the blueprints
 and the WSGI ingest endpoint import only this module, never the factory.
 """
 

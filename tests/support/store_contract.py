@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import threading
 
+from harness.factories import make_event
 from relay.models import Attempt, EventFilter, Outcome, ReconcileRun, RunStatus, Status
 from relay.store import Store
-
-from .factories import make_event
 
 NOW = 1_700_000_000_000
 LEASE = 30_000

@@ -45,7 +45,7 @@ from relay.models import NewEvent, Status, matches_any
 from relay.settings import Settings
 from relay.store import Store
 from relay.verify import HEADER_NAMES, Verifier
-from relay.webcontext import UNEXPECTED, Runtime, begin_request, log_request
+from relay.web.context import UNEXPECTED, Runtime, begin_request, log_request
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -1,7 +1,7 @@
 """The admin API under ``/admin`` (only when ``RELAY_ADMIN_TOKEN`` is set).
 
 JSON in, JSON out, ``Authorization: Bearer <token>`` on every route but the OpenAPI
-document (``relay/openapi.json``, served at ``/admin/openapi.json``). Events are in
+document (``relay/web/openapi.json``, served at ``/admin/openapi.json``). Events are in
 exactly the shape of ``relay events --json`` (:meth:`Event.to_dict`). The replay verbs
 here are shared with the console, so both refuse the same things for the same reasons.
 ``/admin/reconcile`` lists reconcile runs and asks the workers for one (they run it:
@@ -15,12 +15,12 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from relay import adminauth
-from relay.adminquery import parse_filter, parse_list_query
 from relay.errors import BadRequest, NotFound, Unauthorized
-from relay.reconcile_schedule import RECONCILE_RUNS_SHOWN, ask_for_reconcile
+from relay.reconcile.schedule import RECONCILE_RUNS_SHOWN, ask_for_reconcile
 from relay.replay import matching_ids, replay_one, replay_selection
-from relay.webcontext import now_ms, runtime
+from relay.web import auth
+from relay.web.context import now_ms, runtime
+from relay.web.query import parse_filter, parse_list_query
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin")
 
@@ -31,13 +31,13 @@ bp = Blueprint("admin_api", __name__, url_prefix="/admin")
 def _require_bearer() -> None:
     if request.endpoint == "admin_api.openapi":
         return  # the description is public (it ships with the code); the data is not
-    client = adminauth.client_ip(request)
-    adminauth.limiter().check(client)
-    presented = adminauth.bearer_token(request)
+    client = auth.client_ip(request)
+    auth.limiter().check(client)
+    presented = auth.bearer_token(request)
     if presented is None:
         raise Unauthorized("send Authorization: Bearer <RELAY_ADMIN_TOKEN>")
-    if not adminauth.token_matches(runtime().settings.admin_token, presented):
-        adminauth.limiter().fail(client)  # only guesses count; a forgotten header is not one
+    if not auth.token_matches(runtime().settings.admin_token, presented):
+        auth.limiter().fail(client)  # only guesses count; a forgotten header is not one
         raise Unauthorized("the admin token is wrong")
     g.log_fields = {**g.get("log_fields", {}), "admin": True}
 
@@ -56,7 +56,7 @@ def _challenge(response: Response) -> Response:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3.1 description of this API."""
-    text = resources.files("relay").joinpath("openapi.json").read_text(encoding="utf-8")
+    text = resources.files("relay.web").joinpath("openapi.json").read_text(encoding="utf-8")
     return Response(text, content_type="application/json")
 
 

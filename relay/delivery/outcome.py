@@ -5,7 +5,7 @@ delivered; 408, 429, 5xx, timeouts and connection errors are retried; other 4xx 
 Convex function errors fail at once, because sending the same request again cannot
 succeed until someone changes the Convex code or the relay's configuration. The
 answers that usually mean the *target's* configuration is wrong (401, 403, 404, the
-template's signature 400) are ``suspect``: :mod:`relay.target` holds the event and
+template's signature 400) are ``suspect``: :mod:`relay.delivery.target` holds the event and
 decides from what other events get whether the target or the event is at fault.
 """
 
@@ -21,7 +21,7 @@ class Verdict(StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     #: An answer that usually means the *target* is misconfigured, not this event:
-    #: the worker holds the event and lets target health decide (see relay.target).
+    #: the worker holds the event and lets target health decide (see relay.delivery.target).
     SUSPECT = "suspect"
 
 

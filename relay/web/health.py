@@ -11,7 +11,7 @@ from relay import metrics
 from relay.errors import StoreError
 from relay.models import TargetHealth
 from relay.store import Store
-from relay.webcontext import runtime
+from relay.web.context import runtime
 
 bp = Blueprint("health", __name__)
 

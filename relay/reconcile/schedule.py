@@ -23,7 +23,7 @@ import structlog
 
 from relay.errors import Conflict, RelayError
 from relay.models import ReconcileRun, RunStatus
-from relay.reconcile import Counts, Kind, Reconciler, kinds_for
+from relay.reconcile.reconciler import Counts, Kind, Reconciler, kinds_for
 from relay.settings import Settings
 from relay.store import Store
 

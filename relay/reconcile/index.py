@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from relay.convex_state import StateRow
+from relay.reconcile.convex_state import StateRow
 
 #: Ids per ``IN (...)`` and per page of unseen rows (below SQLite's 32,766 variables).
 CHUNK = 500

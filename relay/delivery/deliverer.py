@@ -9,8 +9,8 @@ Two targets (``RELAY_TARGET``):
 * ``mutation``: ``POST {CONVEX_URL}/api/mutation`` with ``Authorization: Convex <key>``;
   a 200 reply whose JSON says ``"status": "error"`` is a function error.
 
-This module only talks HTTP and reports what happened; :mod:`relay.outcome` decides
-what it means and :mod:`relay.worker` records it.
+This module only talks HTTP and reports what happened; :mod:`relay.delivery.outcome` decides
+what it means and :mod:`relay.delivery.worker` records it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import urllib3
 from svix.webhooks import Webhook
 
 from relay.convex_values import convex_safe
-from relay.deadline import POOL_CLASSES, Watchdog, track_connections
+from relay.delivery.deadline import POOL_CLASSES, Watchdog, track_connections
 from relay.models import Event
 from relay.normalize import normalize_event
 from relay.redact import redact_text
@@ -56,7 +56,7 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """What came back (or did not): the input of :func:`relay.outcome.classify`."""
+    """What came back (or did not): the input of :func:`relay.delivery.outcome.classify`."""
 
     status_code: int | None
     duration_ms: float

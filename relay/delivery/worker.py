@@ -32,14 +32,14 @@ import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
 from relay import metrics
-from relay.deliver import Deliverer, NoRoute
+from relay.delivery.deliverer import Deliverer, NoRoute
+from relay.delivery.outcome import Verdict, classify
+from relay.delivery.retry import next_delay_s, parse_retry_after
+from relay.delivery.target import Gate, TargetHealthTracker
 from relay.errors import StoreError, UnsafeValueError
 from relay.models import Attempt, Event, Outcome, Status, matches_any
-from relay.outcome import Verdict, classify
-from relay.retry import next_delay_s, parse_retry_after
 from relay.settings import Settings
 from relay.store import Store
-from relay.target import Gate, TargetHealthTracker
 
 log = structlog.get_logger("relay.worker")
 

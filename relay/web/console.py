@@ -1,7 +1,7 @@
 """The web console at ``/admin/``: server-rendered pages for operators, no JavaScript.
 
 Sign in with the admin token -> a signed, HttpOnly, SameSite=Strict session cookie
-(see :mod:`relay.adminauth`). Every POST form carries the session's CSRF token.
+(see :mod:`relay.web.auth`). Every POST form carries the session's CSRF token.
 Pages list events with counts and filters, show one event with its attempts and a
 redacted payload, and replay one event or a filtered selection after confirmation;
 one lists reconcile runs and asks the workers for a run or a dry run.
@@ -29,15 +29,15 @@ from flask import (
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
-from relay import adminauth
-from relay.adminquery import parse_filter, parse_list_query
 from relay.errors import Conflict, HTTPError, NotFound
 from relay.models import Event, EventFilter, Status, TargetState
-from relay.reconcile_schedule import RECONCILE_RUNS_SHOWN, ask_for_reconcile
+from relay.reconcile.schedule import RECONCILE_RUNS_SHOWN, ask_for_reconcile
 from relay.redact import redact, redact_text
 from relay.replay import matching_ids, replay_one, replay_selection
 from relay.settings import Settings
-from relay.webcontext import now_ms, runtime
+from relay.web import auth
+from relay.web.context import now_ms, runtime
+from relay.web.query import parse_filter, parse_list_query
 
 bp = Blueprint(
     "console",
@@ -69,8 +69,8 @@ _OPEN_ENDPOINTS = frozenset({"console.sign_in", "console.static"})
 def _guard() -> Response | None:
     """Signed-in sessions only (except the sign-in page); CSRF on every POST."""
     if request.method == "POST":
-        adminauth.check_csrf(request.form.get(adminauth.CSRF_FIELD))
-    if request.endpoint in _OPEN_ENDPOINTS or adminauth.signed_in(time.time(), runtime().store):
+        auth.check_csrf(request.form.get(auth.CSRF_FIELD))
+    if request.endpoint in _OPEN_ENDPOINTS or auth.signed_in(time.time(), runtime().store):
         return None
     session.pop("signed_in_at", None)
     return redirect(url_for("console.sign_in"))
@@ -85,7 +85,7 @@ def _security_headers(response: Response) -> Response:
 @bp.errorhandler(HTTPError)
 def _error_page(exc: HTTPError) -> tuple[str, int, dict[str, str]]:
     headers = {}
-    if isinstance(exc, adminauth.LimitedError):
+    if isinstance(exc, auth.LimitedError):
         headers["Retry-After"] = str(exc.retry_after_s)
     return render_template("error.html", error=exc), exc.status_code, headers
 
@@ -99,10 +99,10 @@ def _utc(ms: int | None) -> str:
 
 @bp.context_processor
 def _page_context() -> dict[str, Any]:
-    signed = adminauth.signed_in(time.time(), runtime().store)
+    signed = auth.signed_in(time.time(), runtime().store)
     return {
         "signed_in": signed,
-        "csrf_token": adminauth.csrf_token,
+        "csrf_token": auth.csrf_token,
         "warnings": _health_warnings(runtime().settings) if signed else [],
     }
 
@@ -181,20 +181,20 @@ def sign_in() -> Response | str | tuple[str, int]:
     """The token form; a right token starts a session, a wrong one counts against the IP."""
     if request.method == "GET":
         return render_template("signin.html")
-    client = adminauth.client_ip(request)
-    adminauth.limiter().check(client)
+    client = auth.client_ip(request)
+    auth.limiter().check(client)
     token = request.form.get("token", "")
-    if not adminauth.token_matches(runtime().settings.admin_token, token):
-        adminauth.limiter().fail(client)
+    if not auth.token_matches(runtime().settings.admin_token, token):
+        auth.limiter().fail(client)
         return render_template("signin.html", error="That token is not right."), 401
-    adminauth.sign_in(time.time(), runtime().store)
+    auth.sign_in(time.time(), runtime().store)
     return redirect(url_for("console.events"))
 
 
 @bp.post("/signout")
 def sign_out() -> Response:
     """End the session (the CSRF check keeps other sites from signing you out)."""
-    adminauth.sign_out(runtime().store)
+    auth.sign_out(runtime().store)
     flash("Signed out.")
     return redirect(url_for("console.sign_in"))
 
@@ -253,7 +253,7 @@ def event(event_id: str) -> str:
 def _payload(event: Event) -> str:
     try:
         shown = json.dumps(redact(event.envelope(), _known_secrets()), indent=2, ensure_ascii=False)
-    except RecursionError:  # stored before ingest capped nesting (relay.ingest.MAX_NESTING)
+    except RecursionError:  # stored before ingest capped nesting (relay.web.ingest.MAX_NESTING)
         return f"(not shown: the payload nests too deeply to display; {len(event.body)} bytes)"
     # A lone surrogate (JSON can carry "\ud800") cannot be sent as UTF-8: show its escape.
     return shown.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -6,7 +6,7 @@ under another id), an arrival order that is a random shuffle with random duplica
 is handled). It is delivered:
 
 * through the relay (``run_relay``): arrival order is insertion order into a fresh
-  relay store, and an in-process :class:`~relay.worker.Worker` makes a random number
+  relay store, and an in-process :class:`~relay.delivery.worker.Worker` makes a random number
   of passes between arrivals; its clock is advanced on every pass, so retries come
   due without sleeping. Target: examples/convex, or the official template;
 * through a real ``relay serve`` (``run_served``): real signed HTTP ingest, the
@@ -15,7 +15,7 @@ is handled). It is delivered:
   attempt is retried at a random later point of the stream (Svix gives no order).
 
 The final ``users`` table is compared with the true final state
-(:func:`tests.clerk_histories.expected_rows`). ``test_convergence.py`` asserts on it;
+(:func:`harness.clerk_histories.expected_rows`). ``test_convergence.py`` asserts on it;
 ``bench/convergence.py`` runs more seeds and writes the numbers down.
 """
 
@@ -31,11 +31,11 @@ from typing import Any
 
 import requests
 
-from relay.deliver import Deliverer, Request, Response
+from relay.delivery.deliverer import Deliverer, Request, Response
+from relay.delivery.worker import Worker
 from relay.models import Event, NewEvent, Status
 from relay.settings import Settings, parse_routes
 from relay.store.sqlite import SQLiteStore
-from relay.worker import Worker
 
 from .clerk_histories import ISSUER, ClerkEvent, expected_rows, stored_rows, user_histories
 from .convex_emulator import ADMIN_KEY, ConvexEmulator

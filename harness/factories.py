@@ -17,7 +17,7 @@ SECOND_SECRET = "whsec_plJ3nmyCDGBKInavdOK15jsl"
 FORWARD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 
 # The repository carries its own test data (sources in tests/fixtures/SOURCES.md).
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 CLERK_FIXTURES = sorted((FIXTURES / "clerk").glob("*.json"))
 
 _ids = itertools.count(1)

@@ -4,7 +4,7 @@ urllib3 (like every socket client) times each connect and each ``recv`` on its o
 peer that sends one byte every couple of seconds never trips a 3 s read timeout and
 held one delivery attempt for minutes, past its lease (so the event was claimed and
 sent again while the first attempt still ran). Here one watchdog thread per
-:class:`Deliverer <relay.deliver.Deliverer>` shuts the attempt's socket down when its
+:class:`Deliverer <relay.delivery.deliverer.Deliverer>` shuts the attempt's socket down when its
 deadline passes; the blocked ``recv`` returns at once and the attempt ends as a
 timeout, whatever the peer does.
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import click
 
-from relay.clerk_api import ClerkAPI
 from relay.errors import ClerkAPIError, ConvexQueryError, StoreError
 from relay.models import ReconcileRun, RunStatus
-from relay.reconcile import Counts, Reconciler, kinds_for
-from relay.reconcile_schedule import execute
+from relay.reconcile.clerk_api import ClerkAPI
+from relay.reconcile.reconciler import Counts, Reconciler, kinds_for
+from relay.reconcile.schedule import execute
 from relay.settings import Settings
 from relay.store import open_store
 

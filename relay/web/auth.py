@@ -1,6 +1,6 @@
 """Who may use ``/admin``: the bearer token, the console's session and CSRF, and a
-limit on wrong guesses. Shared by the API (``relay.admin``) and the console
-(``relay.console``).
+limit on wrong guesses. Shared by the API (``relay.web.admin``) and the console
+(``relay.web.console``).
 
 * The token is compared with :func:`hmac.compare_digest`, so timing says nothing
   about how much of a guess was right.
