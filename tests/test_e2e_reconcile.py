@@ -181,7 +181,7 @@ def test_reconcile_makes_convex_equal_clerk_and_a_second_run_queues_nothing(
     """30 % missing, 10 % stale, 5 % deleted in Clerk: after one run the tables match."""
     populate(clerk, emulator)
     assert convex_state(emulator) != clerk_state(clerk)
-    summary = relay.reconcile.reconciler()
+    summary = relay.reconcile()
     assert summary == {
         "users": {"clerk": 100, "convex": 75, "missing": 30, "stale": 10, "gone": 5, "queued": 45},
         "organizations": {
@@ -203,7 +203,7 @@ def test_reconcile_makes_convex_equal_clerk_and_a_second_run_queues_nothing(
     }
     relay.settle()
     assert convex_state(emulator) == clerk_state(clerk)
-    again = relay.reconcile.reconciler()
+    again = relay.reconcile()
     assert {kind: counts["queued"] for kind, counts in again.items()} == {
         "users": 0,
         "organizations": 0,
@@ -247,7 +247,7 @@ def test_webhooks_during_a_run_are_never_overwritten(
             assert relay.process.post_event(env, msg_id).status_code == 200
 
     clerk.on_request(webhooks_mid_run)
-    summary = relay.reconcile.reconciler("--objects", "users")
+    summary = relay.reconcile("--objects", "users")
     assert sent.is_set()
     assert (summary["users"]["stale"], summary["users"]["missing"]) == (1, 1)
     relay.settle()
@@ -295,7 +295,7 @@ def test_a_run_killed_midway_and_run_again_ends_correct(
     assert killed.is_set()
     before = len(relay.store.list_events(EventFilter(), limit=2000).events)
     assert before == 500  # the first page was queued, nothing after it
-    summary = relay.reconcile.reconciler("--objects", "users")
+    summary = relay.reconcile("--objects", "users")
     assert summary["users"]["clerk"] == 1100
     # The first page's 500 are delivered by now or still pending under the same ids:
     # either way only the other 600 are queued.
@@ -373,7 +373,7 @@ def test_webhooks_during_a_run_win_on_the_official_template_too(
                 assert process.post_event(env, msg_id).status_code == 200
 
         clerk.on_request(webhooks_mid_run)
-        assert relay.reconcile.reconciler("--objects", "users")["users"]["queued"] == 2
+        assert relay.reconcile("--objects", "users")["users"]["queued"] == 2
         relay.settle()
         relay.store.close()
     assert sent.is_set()
