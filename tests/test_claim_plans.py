@@ -98,8 +98,8 @@ class RecordingPostgresStore(PostgresStore):
     recorder: Recorder
 
     @contextlib.contextmanager
-    def _tx(self, timeout_s: float | None = None) -> Iterator[Any]:
-        with super()._tx(timeout_s) as conn:
+    def _tx(self, timeout_s: float | None = None, *, pipelined: bool = False) -> Iterator[Any]:
+        with super()._tx(timeout_s, pipelined=pipelined) as conn:
             yield RecordingConnection(conn, self.recorder)
 
 
@@ -170,7 +170,7 @@ HOT_POSTGRES = {
     "claim: object locks": "pg_try_advisory_xact_lock",
     "complete: object locks": "SELECT pg_advisory_xact_lock",
     "counts: fold deltas": "DELETE FROM event_count_deltas",
-    "complete: unpark heads, one statement": "AS x(k, at)",
+    "complete: unpark heads, one statement": "AS x(id, at)",
 }
 #: SQLite only: what PostgreSQL's foreign keys cascade.
 HOT_SQLITE = {

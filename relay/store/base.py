@@ -2,12 +2,14 @@
 
 A backend subclasses :class:`SQLStoreBase`, sets :attr:`PH` (``?`` or ``%s``) and
 provides ``_query`` (one statement, rows back) and ``_tx`` (a connection inside a
-committed transaction). Claims, inserts, replays and purges stay in the backends: that is where
-their locking differs.
+committed transaction). What stays in the backends is where they differ: ingest (the
+SQLite group commit, PostgreSQL's insert-and-notify), the candidate read of a claim and
+its locking, wake-ups, export paging and PostgreSQL's set-based completions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -56,7 +58,7 @@ class SQLStoreBase(RunsAndLeases):
         claimed: list[Event] = []
         for round_index in range(ordering.MAX_SCAN_ROUNDS):
             batch = ordering.batch_size(round_index, limit - len(claimed))
-            with self._tx() as conn:
+            with self._claim_tx() as conn:
                 read, mine = self._claim_candidates(conn, now_ms, batch)
                 if not read:
                     break
@@ -70,6 +72,10 @@ class SQLStoreBase(RunsAndLeases):
             if len(claimed) >= limit or not ordering.look_again(decision, read, batch):
                 break
         return claimed
+
+    def _claim_tx(self) -> AbstractContextManager[Any]:
+        """The transaction of one claim round (a backend may pipeline it)."""
+        return self._tx()
 
     def _claim_candidates(self, conn: Any, now_ms: int, batch: int) -> tuple[int, list[Event]]:
         """Due rows in claim order (at most ``batch``): how many were read, and
@@ -199,6 +205,41 @@ class SQLStoreBase(RunsAndLeases):
                 self._reclaim_space()
             if len(seqs) < PURGE_BATCH:
                 return total
+
+    def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
+        ph = self.PH
+        where, params = sql.filter_clause(flt, ph)
+        allowed = sql.replayable_statuses(flt, force=force)
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"UPDATE events SET status = 'pending', next_attempt_at = {ph}, retry_step = 0,"
+                f" force = {ph}, lease_owner = NULL, lease_expires_at = NULL"
+                f" WHERE {where} AND status IN ({', '.join([ph] * len(allowed))})"
+                f" AND (lease_expires_at IS NULL OR lease_expires_at <= {ph})"
+                " RETURNING id",
+                [now_ms, force, *params, *allowed, now_ms],
+            ).fetchall()
+        if rows:
+            self.notify()
+        return [r[0] for r in rows]
+
+    def import_event(self, event: Event, attempts: list[Attempt]) -> bool:
+        ph = self.PH
+        with self._tx() as conn:
+            cur = conn.execute(
+                f"INSERT INTO events ({sql.INSERT_COLUMNS}, {sql.IMPORT_COLUMNS})"
+                f" VALUES ({', '.join([ph] * 19)}) ON CONFLICT (id) DO NOTHING",
+                sql.import_params(event),
+            )
+            if cur.rowcount != 1:
+                return False
+            with contextlib.closing(conn.cursor()) as many:
+                many.executemany(
+                    f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
+                    f" VALUES ({', '.join([ph] * 7)})",
+                    [sql.attempt_params(event.id, a) for a in attempts],
+                )
+            return True
 
     def _reclaim_space(self) -> None:
         """Give freed pages back to the file system, a little at a time (SQLite)."""

@@ -28,9 +28,12 @@ Wake-ups use ``LISTEN/NOTIFY`` on the channel :data:`CHANNEL`.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -43,7 +46,6 @@ from relay.errors import StoreError
 from relay.models import (
     Attempt,
     Event,
-    EventFilter,
     NewEvent,
     Outcome,
     Status,
@@ -86,15 +88,35 @@ _APPLY_OUTCOMES = (
     " AS v(id, status, charged, next_at, error, delivered_at)"
     " WHERE e.id = v.id AND e.lease_owner = %s RETURNING e.id, e.object_key"
 )
-#: :func:`relay.store.ordering.unpark_head` for several objects at once, each at its own
-#: time (params: object keys, times).
+#: :func:`relay.store.ordering.unpark_head` for the objects of several completed events,
+#: each at its own time (params: event ids, times). It runs after the outcomes in the
+#: same transaction, so it needs no answer from them: the whole completion is one round
+#: trip. An event whose lease was lost meanwhile unparks nothing, or a head that its
+#: next claim parks again (another event of the object is leased): never a second flight.
 _UNPARK_HEADS = (
     "UPDATE events e SET next_attempt_at = u.at FROM ("
-    " SELECT x.at, (SELECT h.seq FROM events h WHERE h.object_key = x.k"
+    " SELECT x.at, (SELECT h.seq FROM events h WHERE h.object_key = o.object_key"
     " AND h.status = 'pending' ORDER BY h.ord_at, h.ord_upd, h.seq LIMIT 1) AS head"
-    " FROM unnest(%s::text[], %s::bigint[]) AS x(k, at)) u"
+    " FROM unnest(%s::text[], %s::bigint[]) AS x(id, at)"
+    " JOIN events o ON o.id = x.id WHERE o.object_key IS NOT NULL) u"
     " WHERE e.seq = u.head AND e.next_attempt_at IS NULL AND e.status = 'pending'"
 )
+#: A claim's candidates and their objects' advisory locks in one statement. The locked
+#: rows are materialized first, so only the rows returned are try-locked (a lock taken
+#: in the select list of the scan itself could be taken for rows the LIMIT drops).
+_CANDIDATES = (
+    f"WITH c AS MATERIALIZED (SELECT {sql.EVENT_COLUMNS} FROM events"
+    " WHERE status = 'pending' AND next_attempt_at <= %(now)s"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
+    " ORDER BY next_attempt_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    " SELECT c.*, (c.object_key IS NULL"
+    " OR pg_try_advisory_xact_lock(%(cls)s, hashtext(c.object_key))) FROM c"
+)
+#: A pooled connection used successfully this recently is handed out without the
+#: pool's test query (a round trip per transaction, a third of a completion's cost).
+#: One that died meanwhile fails its transaction once (StoreError: the worker retries,
+#: Clerk's delivery is answered 503 and redelivered) and the pool replaces it.
+CHECK_AFTER_IDLE_S = 1.0
 #: First key of the two-int advisory locks taken per object during a claim ("RELY").
 OBJECT_LOCK_CLASS = 0x52454C59
 #: Rows per round trip when exporting.
@@ -140,6 +162,10 @@ class PostgresStore(SQLStoreBase):
         self._pool_pid = 0
         self._pool_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        #: When each pooled connection last finished a transaction (monotonic seconds).
+        self._last_ok: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @classmethod
     def from_url(cls, url: str, *, sync_commits: bool = True) -> PostgresStore:
@@ -159,12 +185,16 @@ class PostgresStore(SQLStoreBase):
                     max_size=self._max_connections,
                     open=False,
                     timeout=self._timeout_s,
-                    check=ConnectionPool.check_connection,  # survive server restarts
+                    check=self._check,  # survive server restarts
                     name="relay-store",
                 )
                 self._pool.open()
                 self._pool_pid = os.getpid()
             return self._pool
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        if time.monotonic() - self._last_ok.get(conn, -math.inf) >= CHECK_AFTER_IDLE_S:
+            ConnectionPool.check_connection(conn)
 
     def _conninfo(self) -> str:
         """The URL, plus ``synchronous_commit=off`` when commits need not wait (see
@@ -176,11 +206,25 @@ class PostgresStore(SQLStoreBase):
         return make_conninfo("", **{**params, "options": options})
 
     @contextlib.contextmanager
-    def _tx(self, timeout_s: float | None = None) -> Iterator[psycopg.Connection[Any]]:
-        """A connection in a transaction that commits on success; errors become StoreError."""
+    def _tx(
+        self, timeout_s: float | None = None, *, pipelined: bool = False
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A connection in a transaction that commits on success; errors become StoreError.
+
+        ``pipelined``: statements go out without waiting for each answer (psycopg's
+        pipeline mode), and the commit goes with the last of them. Only a fetch waits,
+        so a transaction costs one round trip per statement whose rows it reads, plus
+        one; BEGIN and COMMIT cost none of their own.
+        """
         try:
             with self._get_pool().connection(timeout=timeout_s) as conn:
-                yield conn
+                if pipelined:
+                    with conn.pipeline():
+                        yield conn
+                        conn.commit()
+                else:
+                    yield conn
+                self._last_ok[conn] = time.monotonic()
         except psycopg.Error as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}".strip()) from exc
 
@@ -207,30 +251,22 @@ class PostgresStore(SQLStoreBase):
                 with contextlib.suppress(psycopg.Error):
                     conn.autocommit = False
 
+    def _claim_tx(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        # Three round trips a round: candidates and locks, the decision, the writes.
+        return self._tx(pipelined=True)
+
     def _claim_candidates(
         self, conn: psycopg.Connection[Any], now_ms: int, batch: int
     ) -> tuple[int, list[Event]]:
         rows = conn.execute(
-            f"SELECT {sql.EVENT_COLUMNS} FROM events"
-            " WHERE status = 'pending' AND next_attempt_at <= %(now)s"
-            " AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
-            " ORDER BY next_attempt_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-            {"now": now_ms, "limit": batch},
+            _CANDIDATES, {"now": now_ms, "limit": batch, "cls": OBJECT_LOCK_CLASS}
         ).fetchall()
-        candidates = [sql.row_to_event(r) for r in rows]
-        keys = sorted({e.object_key for e in candidates if e.object_key is not None})
-        locked: set[str] = set()
-        if keys:
-            locked = {
-                k
-                for (k,) in conn.execute(
-                    "SELECT k FROM unnest(%s::text[]) AS k"
-                    " WHERE pg_try_advisory_xact_lock(%s, hashtext(k))",
-                    (keys, OBJECT_LOCK_CLASS),
-                )
-            }
-        # Objects another claim or completion is working on are left for later.
-        return len(rows), [e for e in candidates if e.object_key is None or e.object_key in locked]
+        # Claim order (the CTE scan promises none; sorting a batch here costs the
+        # server no Sort node). Objects another claim or completion is working on
+        # (their lock not taken) are left for later.
+        mine = [sql.row_to_event(r[:-1]) for r in rows if r[-1]]
+        mine.sort(key=lambda e: (e.next_attempt_at_ms or 0, e.seq))
+        return len(rows), mine
 
     def _claim_answers(
         self, conn: psycopg.Connection[Any], seqs: list[int], now_ms: int
@@ -247,10 +283,11 @@ class PostgresStore(SQLStoreBase):
         if len(set(ids)) != len(ids):  # one row per id below; never seen from a worker
             return super().complete_many(worker_id, results)
         attempts = [sql.attempt_params(event_id, a) for event_id, a, _ in results]
-        with self._tx() as conn:
+        # One round trip: every statement, and the commit, go out before any answer.
+        with self._tx(pipelined=True) as conn:
             self._lock_objects(conn, ids)
             conn.execute(_RECORD_ATTEMPTS, [list(column) for column in zip(*attempts, strict=True)])
-            kept = conn.execute(
+            applied = conn.execute(
                 _APPLY_OUTCOMES,
                 (
                     ids,
@@ -261,14 +298,11 @@ class PostgresStore(SQLStoreBase):
                     [a.at_ms if o.status == Status.DELIVERED else None for _, a, o in results],
                     worker_id,
                 ),
-            ).fetchall()
-            at = {event_id: a.at_ms for event_id, a, _ in results}
+            )
             # The object's head may have changed (this one finished, or an older event
             # arrived while it was in flight and was parked).
-            unpark = [(key, at[event_id]) for event_id, key in kept if key is not None]
-            if unpark:
-                conn.execute(_UNPARK_HEADS, ([k for k, _ in unpark], [t for _, t in unpark]))
-        done = {event_id for event_id, _ in kept}
+            conn.execute(_UNPARK_HEADS, (ids, [a.at_ms for _, a, _ in results]))
+        done = {event_id for event_id, _ in applied.fetchall()}
         return [event_id in done for event_id in ids]
 
     def _lock_objects(self, conn: Any, event_ids: Sequence[str]) -> None:
@@ -285,20 +319,6 @@ class PostgresStore(SQLStoreBase):
             conn.execute(_FOLD_COUNTS)
             found = dict(conn.execute("SELECT status, n FROM event_counts").fetchall())
         return sql.zero_counts(found)
-
-    def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
-        where, params = sql.filter_clause(flt, "%s")
-        rows = self._query(
-            "UPDATE events SET status = 'pending', next_attempt_at = %s, retry_step = 0,"
-            " force = %s, lease_owner = NULL, lease_expires_at = NULL"
-            f" WHERE {where} AND status = ANY(%s)"
-            " AND (lease_expires_at IS NULL OR lease_expires_at <= %s)"
-            " RETURNING id",
-            [now_ms, force, *params, sql.replayable_statuses(flt, force=force), now_ms],
-        )
-        if rows:
-            self.notify()
-        return [r[0] for r in rows]
 
     def notify(self) -> None:
         # A short timeout: a replay calls this after committing and must not hang on it.
@@ -342,23 +362,6 @@ class PostgresStore(SQLStoreBase):
             if len(rows) < EXPORT_BATCH:
                 return
             after = rows[-1][1]
-
-    def import_event(self, event: Event, attempts: list[Attempt]) -> bool:
-        with self._tx() as conn:
-            cur = conn.execute(
-                f"INSERT INTO events ({sql.INSERT_COLUMNS}, {sql.IMPORT_COLUMNS})"
-                f" VALUES ({', '.join(['%s'] * 19)}) ON CONFLICT (id) DO NOTHING",
-                sql.import_params(event),
-            )
-            if cur.rowcount != 1:
-                return False
-            with conn.cursor() as many:
-                many.executemany(
-                    f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
-                    " VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                    [sql.attempt_params(event.id, a) for a in attempts],
-                )
-            return True
 
     def close(self) -> None:
         for stop in self._listeners:

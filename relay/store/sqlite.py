@@ -25,7 +25,6 @@ from relay.errors import StoreError
 from relay.models import (
     Attempt,
     Event,
-    EventFilter,
     NewEvent,
     Status,
 )
@@ -194,23 +193,6 @@ class SQLiteStore(SQLStoreBase):
         query = ordering.decision_query(f"IN ({_marks(len(seqs))})", "?")
         return conn.execute(query, (now_ms, *seqs)).fetchall()
 
-    def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
-        where, params = sql.filter_clause(flt, "?")
-        allowed = sql.replayable_statuses(flt, force=force)
-        marks = ", ".join("?" * len(allowed))
-        with self._tx() as conn:
-            rows = conn.execute(
-                "UPDATE events SET status = 'pending', next_attempt_at = ?, retry_step = 0,"
-                " force = ?, lease_owner = NULL, lease_expires_at = NULL"
-                f" WHERE {where} AND status IN ({marks})"
-                " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
-                " RETURNING id",
-                [now_ms, int(force), *params, *allowed, now_ms],
-            ).fetchall()
-        if rows:
-            self.notify()
-        return [r[0] for r in rows]
-
     def _reclaim_space(self) -> None:
         conn = self._conn()
         with self._writer.held():
@@ -238,21 +220,6 @@ class SQLiteStore(SQLStoreBase):
                 (row[0],),
             )
             yield sql.row_to_event(row), [sql.row_to_attempt(a) for a in attempts]
-
-    def import_event(self, event: Event, attempts: list[Attempt]) -> bool:
-        with self._tx() as conn:
-            cur = conn.execute(
-                f"INSERT INTO events ({sql.INSERT_COLUMNS}, {sql.IMPORT_COLUMNS})"
-                f" VALUES ({_marks(19)}) ON CONFLICT (id) DO NOTHING",
-                sql.import_params(event),
-            )
-            if cur.rowcount != 1:
-                return False
-            conn.executemany(
-                f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS}) VALUES ({_marks(7)})",
-                [sql.attempt_params(event.id, a) for a in attempts],
-            )
-            return True
 
     def close(self) -> None:
         with self._conns_lock:
