@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install install-test system-deps node-deps lint typecheck alert-rules pytest bench clean
+.PHONY: run test install install-test system-deps node-deps lint typecheck alert-rules pytest bench docs clean
 
 $(BIN)/relay: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,10 @@ test: lint typecheck alert-rules pytest
 
 bench: install-test
 	$(BIN)/python bench/ingest.py
+
+## The README's configuration table, rendered from relay/settings.py's VARIABLES.
+docs: install
+	$(BIN)/python scripts/render-config-table.py
 
 clean:
 	rm -rf $(VENV) emulator/node_modules examples/convex/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,12 +1,13 @@
 """Gunicorn settings for the relay's ingest web server.
 
 ``relay serve`` loads this module with ``-c python:relay.gunicorn_conf``; the top-level
-``gunicorn.conf.py`` re-exports it for a plain ``gunicorn app:app``. The relay's own
-settings (``PORT``, ``LOG_LEVEL``, ``LOG_FORMAT``) come from ``Settings.from_env()``,
-so gunicorn parses and validates them exactly as the app does, ``.env`` included.
-Process-manager knobs that are not relay configuration (``WEB_CONCURRENCY``,
-``GUNICORN_THREADS``) are read from the environment here, as gunicorn config files
-conventionally do; ``GUNICORN_CMD_ARGS`` overrides any of this without a rebuild.
+``gunicorn.conf.py`` re-exports it for a plain ``gunicorn app:app``. Every value comes
+from ``relay/settings.py``: the relay's own settings (``PORT``, ``LOG_LEVEL``,
+``LOG_FORMAT``) from ``Settings.from_env()``, so gunicorn parses and validates them
+exactly as the app does, ``.env`` included; the process-manager knobs that are not relay
+configuration (``WEB_CONCURRENCY``, ``GUNICORN_THREADS``, ``GUNICORN_ACCESS_LOG``) from
+``ServerSettings.from_env()``, the process environment only. ``GUNICORN_CMD_ARGS``
+overrides any of this without a rebuild. The log set-up is ``relay/logs.py``'s.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ import json
 import logging
 import os
 import re
-import sys
-from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
 from gunicorn import glogging
 from gunicorn import util as gunicorn_util
 
-from relay.settings import Settings
+from relay.logs import gunicorn_logconfig
+from relay.settings import ServerSettings, Settings
 
+# Read when gunicorn loads this file: gunicorn takes its configuration from the module's
+# globals below (bind, workers, logconfig_dict, ...), so they must exist at import time.
 _settings = Settings.from_env()
+_server = ServerSettings.from_env()
 
 # --- sockets and workers ---------------------------------------------------------------
 # All interfaces: in a container or a Fly Machine the proxy connects from outside.
@@ -41,8 +44,12 @@ bind = f"0.0.0.0:{_settings.port}"
 # workers against 4,497-5,344 with 4 (hello-world 9,947-10,414 against 9,544-9,926).
 # GUNICORN_CMD_ARGS="-k sync" (or GUNICORN_THREADS=N for gthread) still works; the store
 # is used the same way by all three (SQLite calls block, but only for one commit).
-workers = int(os.environ.get("WEB_CONCURRENCY", str(max(2, len(os.sched_getaffinity(0))))))
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+workers = (
+    max(2, len(os.sched_getaffinity(0)))
+    if _server.web_concurrency is None
+    else _server.web_concurrency
+)
+threads = _server.gunicorn_threads
 worker_class = "gthread" if threads > 1 else "gevent"
 # Requests one gevent worker serves at once; more wait in the listen backlog. Clerk
 # sends a few at a time, but slow or stalled clients hold slots until the body deadline
@@ -90,12 +97,9 @@ errorlog = "-"
 # The app writes one canonical `request_handled` line per request (with its request_id);
 # gunicorn's access line would repeat it. GUNICORN_ACCESS_LOG=1 adds it back, with the
 # remote address and user agent, when debugging the path through the proxy. Its atoms are
-# rebuilt as fields below; this format is only the fallback text.
-_access_log = os.environ.get("GUNICORN_ACCESS_LOG") == "1"
-accesslog = "-" if _access_log else None
+# turned into fields by relay.logs.access_fields; this format is only the fallback text.
+accesslog = "-" if _server.gunicorn_access_log else None
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
-
-_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class Logger(glogging.Logger):  # type: ignore[misc] # gunicorn ships no types
@@ -112,98 +116,9 @@ class Logger(glogging.Logger):  # type: ignore[misc] # gunicorn ships no types
 
 
 logger_class = Logger
-
-
-class QuietProbes(logging.Filter):
-    """Drop successful health-check and scrape lines: Fly polls them every few seconds."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        atoms = record.args
-        if isinstance(atoms, Mapping) and atoms.get("U") in _QUIET_PATHS:
-            return not str(atoms.get("s", "")).startswith("2")
-        return True
-
-
-def access_fields(
-    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """Turn gunicorn's access-log atoms into fields; drop the raw atoms from every record."""
-    atoms = event_dict.pop("positional_args", None)
-    record = event_dict.get("_record")
-    if record is None or record.name != "gunicorn.access" or not isinstance(atoms, Mapping):
-        return event_dict
-    event_dict["event"] = "http_request"
-    event_dict.update(
-        method=atoms.get("m"),
-        path=atoms.get("U"),
-        status=int(atoms["s"]) if str(atoms.get("s", "")).isdigit() else atoms.get("s"),
-        duration_ms=round(atoms.get("D", 0) / 1000, 3),
-        bytes=atoms.get("B"),
-        remote=atoms.get("h"),
-        user_agent=atoms.get("a"),
-    )
-    request_id = atoms.get("{x-request-id}o") or atoms.get("{fly-request-id}i")
-    if request_id:
-        event_dict["request_id"] = request_id
-    if svix_id := atoms.get("{svix-id}i"):
-        event_dict["svix_id"] = svix_id
-    return event_dict
-
-
-_fmt = _settings.log_format or ("console" if sys.stderr.isatty() else "json")
-_renderer = (
-    structlog.dev.ConsoleRenderer() if _fmt == "console" else structlog.processors.JSONRenderer()
+logconfig_dict = gunicorn_logconfig(
+    _settings.log_level, _settings.log_format, access_log=_server.gunicorn_access_log
 )
-_level = _settings.log_level.upper()
-
-logconfig_dict: dict[str, Any] = {
-    "version": 1,
-    # The app's loggers may exist already (preload) and must keep working.
-    "disable_existing_loggers": False,
-    "formatters": {
-        "structlog": {
-            "()": structlog.stdlib.ProcessorFormatter,
-            # Gunicorn logs through the stdlib; this chain gives its records the fields
-            # structlog adds to the app's own lines.
-            "foreign_pre_chain": [
-                structlog.stdlib.add_log_level,
-                structlog.stdlib.add_logger_name,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                access_fields,
-            ],
-            "processors": [
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                _renderer,
-            ],
-            # Hand the access atoms (record.args) to access_fields.
-            "pass_foreign_args": True,
-        },
-    },
-    "filters": {"quiet_probes": {"()": QuietProbes}},
-    "handlers": {
-        "stdout": {
-            "class": "logging.StreamHandler",
-            "formatter": "structlog",
-            "stream": "ext://sys.stdout",
-            "filters": ["quiet_probes"],
-        },
-        "stderr": {
-            "class": "logging.StreamHandler",
-            "formatter": "structlog",
-            "stream": "ext://sys.stderr",
-        },
-    },
-    "loggers": {
-        "gunicorn.error": {"level": _level, "handlers": ["stderr"], "propagate": False},
-        "gunicorn.access": {
-            "level": "INFO" if _access_log else "WARNING",
-            "handlers": ["stdout"],
-            "propagate": False,
-        },
-    },
-    "root": {"level": _level, "handlers": ["stderr"]},
-}
 
 
 # --- gunicorn's own error pages: JSON like every other error ----------------------------------
@@ -251,6 +166,8 @@ def worker_exit(server: object, worker: Any) -> None:
 
 def child_exit(server: object, worker: Any) -> None:
     """Forget a dead worker's metric files so /metrics stops summing its gauges."""
+    # Not configuration: `relay serve` sets it for its children, and prometheus-client
+    # reads it there too (relay/metrics.py).
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

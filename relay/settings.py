@@ -1,19 +1,52 @@
 """Configuration, read once from the environment (and ``.env``) into a frozen dataclass.
 
 Nothing else in the relay reads ``os.environ``. Tests build :class:`Settings` directly.
-Every invalid value raises :class:`~relay.errors.ConfigError` naming the variable and
-showing a valid example, so a bad deploy stops at start-up with a readable message.
+:data:`VARIABLES` is the table of every variable: its field, its reader (from
+``relay/setting_values.py``) and the README's default and meaning cells, from which the
+README's configuration table is rendered (``make docs``). Every invalid value raises
+:class:`~relay.errors.ConfigError` naming the variable and showing a valid example, so a
+bad deploy stops at start-up with a readable message.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
+from relay import setting_values as value
 from relay.errors import ConfigError
+from relay.setting_values import (
+    DEFAULT_ROUTES_SPEC,
+    Route,
+    parse_duration_s,
+    parse_rate_per_s,
+    parse_routes,
+    parse_size,
+)
+
+# What other modules import from here (the readers among them lived here until
+# relay/setting_values.py took them).
+__all__ = [
+    "DEFAULT_CLERK_API_URL",
+    "DEFAULT_CLERK_RATE_PER_S",
+    "DEFAULT_RETRY_SCHEDULE_S",
+    "DEFAULT_ROUTES_SPEC",
+    "SERVER_VARIABLES",
+    "VARIABLES",
+    "PayloadMode",
+    "Route",
+    "ServerSettings",
+    "Settings",
+    "Target",
+    "Variable",
+    "config_table_markdown",
+    "parse_duration_s",
+    "parse_rate_per_s",
+    "parse_routes",
+    "parse_size",
+]
 
 Target = Literal["http-action", "mutation"]
 PayloadMode = Literal["raw", "normalized"]
@@ -35,38 +68,11 @@ DEFAULT_RETRY_SCHEDULE_S: tuple[float, ...] = (
     86400,
 )
 
-#: Convex's official Clerk template (docs.convex.dev/auth/database-auth).
-DEFAULT_ROUTES_SPEC = (
-    "user.created,user.updated=users:upsertFromClerk;user.deleted=users:deleteFromClerk"
-)
-
-_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "kb": 1000,
-    "mb": 1000**2,
-}
-_SECRET_RE = re.compile(r"^whsec_[A-Za-z0-9+/=]{8,}$")
-_CLERK_KEY_RE = re.compile(r"^sk_(test|live)_[A-Za-z0-9]{8,}$")
 #: Clerk's Backend API (the seed guide's default; tests point CLERK_API_URL at an emulator).
 DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
 #: Requests per second to Clerk's Backend API: 90 per 10 s, under the 100 per 10 s a
 #: development instance allows (production allows 1,000; raise RELAY_CLERK_RATE there).
 DEFAULT_CLERK_RATE_PER_S = 9.0
-_FUNCTION_RE = re.compile(r"^[A-Za-z0-9_/.\-]+:[A-Za-z_][A-Za-z0-9_]*$")
-_INCLUDABLE = frozenset({"private_metadata", "event_attributes", "unsafe_metadata"})
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Event types (globs) delivered to one Convex function on the mutation target."""
-
-    globs: tuple[str, ...]
-    function: str
 
 
 @dataclass(frozen=True)
@@ -144,9 +150,9 @@ class Settings:
                 env = dict(os.environ)
         return _parse(env)
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests, CLI flags)."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, **changes)
 
     # Checks for the roles a process plays; read-only CLI commands need neither.
     def require_ingest(self) -> None:
@@ -236,190 +242,242 @@ class Settings:
         return None
 
 
-def parse_duration_s(variable: str, text: str) -> float:
-    """``500ms``, ``10s``, ``2m``, ``1h``, ``3d`` (a bare number is seconds)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
-    if not m:
-        raise ConfigError(variable, f"{text!r} is not a duration", "10s")
-    return float(m.group(1)) * _DURATION_UNITS_S[m.group(2) or "s"]
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One environment variable: where it goes, how it is read, how the README shows it.
+
+    ``default`` and ``doc`` are the README table's Markdown cells; the value a field
+    takes when its variable is unset is the dataclass field's default (a test checks
+    that every default written as a single value parses to it).
+    """
+
+    env: str
+    field: str
+    parse: value.Parser
+    default: str
+    doc: str
+    #: Kept out of ``repr`` and never echoed in an error (a test holds both to this).
+    secret: bool = False
+    #: Another variable read when this one is unset (errors still name ``env``).
+    fallback: str | None = None
 
 
-def parse_rate_per_s(variable: str, text: str) -> float:
-    """``90/10s`` (requests per duration) or ``9`` (per second), as requests per second."""
-    count, sep, per = text.partition("/")
-    try:
-        n = float(count)
-    except ValueError:
-        raise ConfigError(variable, f"{text!r} is not a rate", "90/10s") from None
-    window_s = parse_duration_s(variable, per) if sep else 1.0
-    if n <= 0 or window_s <= 0:
-        raise ConfigError(variable, "must be positive", "90/10s")
-    return n / window_s
+#: Every variable :class:`Settings` reads, in the README's order. ``make docs`` renders
+#: the README's configuration table from it; tests/test_readme.py fails when they differ.
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "CLERK_WEBHOOK_SECRET", "webhook_secrets", value.webhook_secrets, "required",
+        "one or more `whsec_...` signing secrets, separated by spaces or commas",
+        secret=True,
+    ),
+    Variable(
+        "CONVEX_SITE_URL", "convex_site_url",
+        value.http_url("https://happy-otter-123.convex.site"), "-",
+        "`https://<deployment>.convex.site`: deliver to an HTTP action",
+    ),
+    Variable(
+        "CONVEX_WEBHOOK_PATH", "convex_webhook_path", value.url_path, "`/clerk-users-webhook`",
+        "path of that HTTP action",
+    ),
+    Variable(
+        "CONVEX_URL", "convex_url", value.http_url("https://happy-otter-123.convex.cloud"), "-",
+        "`https://<deployment>.convex.cloud`: deliver through the function API",
+    ),
+    Variable(
+        "CONVEX_DEPLOY_KEY", "convex_deploy_key", value.plain_text, "-",
+        "sent as `Authorization: Convex <key>`; needed for internal mutations",
+        secret=True,
+    ),
+    Variable(
+        "RELAY_TARGET", "target", value.one_of("http-action", "mutation", example="mutation"),
+        "`http-action` if `CONVEX_SITE_URL` is set, else `mutation`",
+        "`http-action` or `mutation`",
+    ),
+    Variable(
+        "RELAY_FORWARD_SECRET", "forward_secret",
+        value.matching(value.SECRET_RE, "must look like whsec_<base64>", value.EXAMPLE_SECRET),
+        "first `CLERK_WEBHOOK_SECRET`",
+        "secret the relay signs forwarded HTTP-action requests with",
+        secret=True,
+    ),
+    Variable(
+        "RELAY_PAYLOAD", "payload", value.one_of("raw", "normalized", example="normalized"),
+        "`raw`", "`raw` (Clerk's bytes) or `normalized`",
+    ),
+    Variable(
+        "RELAY_ROUTES", "routes", value.route_list, "the official Convex template",
+        "mutation target: `types=module:function;...`, globs allowed",
+    ),
+    Variable(
+        "RELAY_EVENTS", "events", value.glob_list, "`*`",
+        "globs of event types to deliver; others are stored as `skipped`",
+    ),
+    Variable(
+        "RELAY_INCLUDE", "include", value.includable_fields, "-",
+        "normalized mode: keep `private_metadata`, `unsafe_metadata`, `event_attributes`",
+    ),
+    Variable(
+        "RELAY_DATABASE_URL", "database_url", value.database_url, "`sqlite:///data/relay.db`",
+        "`sqlite:///...` or `postgresql://...`",
+    ),
+    Variable(
+        "RELAY_DELIVERY_TIMEOUT", "delivery_timeout_s",
+        value.duration(lambda s: s > 0, "must be positive", "10s"), "`10s`",
+        "deadline for a whole attempt (connect, send, reply)",
+    ),
+    Variable(
+        "RELAY_RETRY_SCHEDULE", "retry_schedule_s", value.duration_list,
+        "`5s,30s,2m,10m,30m,1h,2h,4h,8h,12h,24h,24h`",
+        "gaps between attempts; after the last, `failed`",
+    ),
+    Variable(
+        "RELAY_CONCURRENCY", "concurrency", value.whole_number(1, 256, "4"), "`4`",
+        "deliveries in flight per worker",
+    ),
+    Variable(
+        "RELAY_ADMIN_TOKEN", "admin_token", value.admin_token, "unset (admin off)",
+        "bearer token for `/admin/*` and the console (≥ 16 characters)",
+        secret=True,
+    ),
+    Variable(
+        "RELAY_TRUSTED_PROXIES", "trusted_proxies", value.whole_number(0, 5, "1"), "`0`",
+        "proxy hops whose `X-Forwarded-For`/`-Proto` are trusted (`1` on Fly.io)",
+    ),
+    Variable(
+        "RELAY_BACKLOG_WARN", "backlog_warn_s", value.duration(), "`15m`",
+        "oldest-pending age that turns the console banner and `/readyz` detail on",
+    ),
+    Variable(
+        "RELAY_PROBE_INTERVAL_MAX", "probe_interval_max_s",
+        value.duration(lambda s: 0 < s <= 3600, "must be from 1ms to 1h", "5s"), "`5s`",
+        "while Convex is down or misconfigured: the longest gap between probes (they start "
+        "1 s apart and double); the first delivery after recovery is at most this late",
+    ),
+    Variable(
+        "RELAY_MAX_PENDING_AGE", "max_pending_age_s", value.duration(), "`7d`",
+        "an event still undelivered this long after it arrived fails at its next failed "
+        "attempt (attempts while Convex is known down use no retry step)",
+    ),
+    Variable(
+        "CLERK_ISSUER_URL", "issuer_url",
+        value.http_url("https://verb-noun-00.clerk.accounts.dev"),
+        "`NEXT_PUBLIC_CLERK_FRONTEND_API_URL`",
+        "lets normalized users carry `tokenIdentifier`",
+        fallback="NEXT_PUBLIC_CLERK_FRONTEND_API_URL",
+    ),
+    Variable(
+        "RELAY_MAX_BODY", "max_body_bytes", parse_size, "`1MiB`", "larger requests get 413"
+    ),
+    Variable(
+        "PORT", "port", value.port_number("8000"), "`8000` (`8080` in the container)", "listen port"
+    ),
+    Variable(
+        "RELAY_METRICS_PORT", "metrics_port", value.port_number("9091"),
+        "unset (`/metrics` on `PORT`)",
+        "serve `/metrics` on this port only, for a scraper on the private network "
+        "(`9091` in `fly.toml`)",
+    ),
+    Variable(
+        "LOG_LEVEL", "log_level",
+        value.one_of("debug", "info", "warning", "error", example="info", lower=True),
+        "`info`", "`debug`, `info`, `warning`, `error`",
+    ),
+    Variable(
+        "LOG_FORMAT", "log_format", value.one_of("json", "console", example="json"),
+        "`json` unless a TTY", "`json` or `console`",
+    ),
+    Variable(
+        "CLERK_SECRET_KEY", "clerk_secret_key",
+        # Never echo the value: it may be a real key with a typo.
+        value.matching(
+            value.CLERK_KEY_RE, "must look like sk_test_... or sk_live_...", "sk_test_..."
+        ),
+        "-",
+        "`sk_test_...`/`sk_live_...` (Dashboard → API Keys): lets `relay reconcile` read "
+        "Clerk's Backend API; a secret, never logged",
+        secret=True,
+    ),
+    Variable(
+        "CLERK_API_URL", "clerk_api_url", value.http_url(DEFAULT_CLERK_API_URL),
+        f"`{DEFAULT_CLERK_API_URL}`", "Clerk's Backend API (tests point it at an emulator)",
+    ),
+    Variable(
+        "RELAY_CLERK_RATE", "clerk_rate_per_s", parse_rate_per_s, "`90/10s`",
+        "ceiling on requests to Clerk's Backend API (`N/duration` or per second); Clerk "
+        "allows 100/10 s on development instances, 1,000/10 s on production",
+    ),
+    Variable(
+        "RELAY_RECONCILE_EVERY", "reconcile_every_s",
+        value.duration(lambda s: s >= 60, "must be at least 1m", "24h"), "unset (off)",
+        "e.g. `24h`: workers run `relay reconcile` this often, one at a time (store "
+        "lease); needs `CLERK_SECRET_KEY`",
+    ),
+)  # fmt: skip
 
 
-def parse_size(variable: str, text: str) -> int:
-    """``1MiB``, ``512KiB``, ``65536`` (bytes)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ConfigError(variable, f"{text!r} is not a size", "1MiB")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+@dataclass(frozen=True)
+class ServerSettings:
+    """The web server's process-manager knobs, read by ``relay/gunicorn_conf.py`` only.
+
+    Not relay configuration (docs/deploy.md describes them, not the README's table) and,
+    as before, read from the process environment only, not from ``.env``.
+    """
+
+    #: gunicorn workers; None: one per usable CPU, at least two.
+    web_concurrency: int | None = None
+    #: More than 1 switches to gthread workers with this many threads each.
+    gunicorn_threads: int = 1
+    #: Add gunicorn's own access line (the app's request line is the canonical one).
+    gunicorn_access_log: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerSettings:
+        """Parse the process environment (or ``env``)."""
+        return cls(**_read(SERVER_VARIABLES, os.environ if env is None else env))
 
 
-def parse_routes(text: str, variable: str = "RELAY_ROUTES") -> tuple[Route, ...]:
-    """``types=module:function;types=module:function``; types are comma-separated globs."""
-    routes = []
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        types, sep, function = part.partition("=")
-        globs = tuple(t.strip() for t in types.split(",") if t.strip())
-        if not sep or not globs or not _FUNCTION_RE.match(function.strip()):
-            raise ConfigError(variable, f"cannot read route {part!r}", DEFAULT_ROUTES_SPEC)
-        routes.append(Route(globs, function.strip()))
-    if not routes:
-        raise ConfigError(variable, "names no route", DEFAULT_ROUTES_SPEC)
-    return tuple(routes)
+SERVER_VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "WEB_CONCURRENCY", "web_concurrency", value.integer("4"), "one per CPU, at least 2",
+        "gunicorn worker processes",
+    ),
+    Variable(
+        "GUNICORN_THREADS", "gunicorn_threads", value.integer("4"), "`1`",
+        "threads per worker; more than 1 means gthread instead of gevent workers",
+    ),
+    Variable(
+        "GUNICORN_ACCESS_LOG", "gunicorn_access_log", value.flag, "off",
+        "`1` adds gunicorn's access line",
+    ),
+)  # fmt: skip
 
 
-def _split(text: str) -> list[str]:
-    return [p for p in re.split(r"[\s,]+", text.strip()) if p]
+def _read(variables: tuple[Variable, ...], env: Mapping[str, str]) -> dict[str, Any]:
+    """The parsed value of each variable that is set (blank counts as unset), by field."""
 
+    def get(name: str) -> str | None:
+        text = env.get(name)
+        return text.strip() if text and text.strip() else None
 
-def _url(variable: str, text: str, example: str) -> str:
-    if not re.match(r"^https?://[^\s/]+", text):
-        raise ConfigError(variable, f"{text!r} is not an http(s) URL", example)
-    return text.rstrip("/")
+    values: dict[str, Any] = {}
+    for var in variables:
+        text = get(var.env) or (get(var.fallback) if var.fallback else None)
+        if text is not None:
+            values[var.field] = var.parse(var.env, text)
+    return values
 
 
 def _parse(env: Mapping[str, str]) -> Settings:
-    def get(name: str) -> str | None:
-        value = env.get(name)
-        return value.strip() if value and value.strip() else None
+    values = _read(VARIABLES, env)
+    # The one check across variables: the two listeners cannot share a port.
+    metrics_port = values.get("metrics_port")
+    if metrics_port is not None and metrics_port == values.get("port", Settings.port):
+        raise ConfigError("RELAY_METRICS_PORT", "must differ from PORT", "9091")
+    return Settings(**values)
 
-    kw: dict[str, object] = {}
-    if secrets := get("CLERK_WEBHOOK_SECRET"):
-        parts = _split(secrets)
-        for s in parts:
-            if not _SECRET_RE.match(s):
-                raise ConfigError(
-                    "CLERK_WEBHOOK_SECRET",
-                    "each secret must look like whsec_<base64> (several: separate with spaces "
-                    "or commas)",
-                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-                )
-        kw["webhook_secrets"] = tuple(parts)
-    if v := get("CONVEX_SITE_URL"):
-        kw["convex_site_url"] = _url("CONVEX_SITE_URL", v, "https://happy-otter-123.convex.site")
-    if v := get("CONVEX_WEBHOOK_PATH"):
-        kw["convex_webhook_path"] = v if v.startswith("/") else f"/{v}"
-    if v := get("CONVEX_URL"):
-        kw["convex_url"] = _url("CONVEX_URL", v, "https://happy-otter-123.convex.cloud")
-    if v := get("CONVEX_DEPLOY_KEY"):
-        kw["convex_deploy_key"] = v
-    if v := get("RELAY_TARGET"):
-        if v not in ("http-action", "mutation"):
-            raise ConfigError("RELAY_TARGET", f"{v!r} is not http-action or mutation", "mutation")
-        kw["target"] = v
-    if v := get("RELAY_FORWARD_SECRET"):
-        if not _SECRET_RE.match(v):
-            raise ConfigError(
-                "RELAY_FORWARD_SECRET",
-                "must look like whsec_<base64>",
-                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            )
-        kw["forward_secret"] = v
-    if v := get("RELAY_PAYLOAD"):
-        if v not in ("raw", "normalized"):
-            raise ConfigError("RELAY_PAYLOAD", f"{v!r} is not raw or normalized", "normalized")
-        kw["payload"] = v
-    if v := get("RELAY_ROUTES"):
-        kw["routes"] = parse_routes(v)
-    if v := get("RELAY_EVENTS"):
-        kw["events"] = tuple(_split(v))
-    if v := get("RELAY_DATABASE_URL"):
-        if not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ConfigError(
-                "RELAY_DATABASE_URL",
-                f"unsupported URL {v.split('://')[0]!r}",
-                "sqlite:///data/relay.db",
-            )
-        kw["database_url"] = v
-    if v := get("RELAY_DELIVERY_TIMEOUT"):
-        timeout_s = parse_duration_s("RELAY_DELIVERY_TIMEOUT", v)
-        kw["delivery_timeout_s"] = timeout_s
-        if timeout_s <= 0:
-            raise ConfigError("RELAY_DELIVERY_TIMEOUT", "must be positive", "10s")
-    if v := get("RELAY_RETRY_SCHEDULE"):
-        kw["retry_schedule_s"] = tuple(
-            parse_duration_s("RELAY_RETRY_SCHEDULE", p) for p in v.split(",") if p.strip()
-        )
-    if v := get("RELAY_CONCURRENCY"):
-        if not v.isdigit() or not 1 <= int(v) <= 256:
-            raise ConfigError("RELAY_CONCURRENCY", f"{v!r} is not a number from 1 to 256", "4")
-        kw["concurrency"] = int(v)
-    if v := get("RELAY_ADMIN_TOKEN"):
-        if len(v) < 16:
-            raise ConfigError(
-                "RELAY_ADMIN_TOKEN",
-                "is too short (at least 16 characters)",
-                "$(openssl rand -hex 32)",
-            )
-        kw["admin_token"] = v
-    if v := get("CLERK_ISSUER_URL") or get("NEXT_PUBLIC_CLERK_FRONTEND_API_URL"):
-        kw["issuer_url"] = _url("CLERK_ISSUER_URL", v, "https://verb-noun-00.clerk.accounts.dev")
-    if v := get("RELAY_INCLUDE"):
-        names = frozenset(_split(v))
-        if unknown := names - _INCLUDABLE:
-            raise ConfigError(
-                "RELAY_INCLUDE",
-                f"unknown field(s) {sorted(unknown)}; choose from {sorted(_INCLUDABLE)}",
-                "private_metadata",
-            )
-        kw["include"] = names
-    if v := get("RELAY_MAX_BODY"):
-        kw["max_body_bytes"] = parse_size("RELAY_MAX_BODY", v)
-    if v := get("PORT"):
-        if not v.isdigit() or not 0 < int(v) < 65536:
-            raise ConfigError("PORT", f"{v!r} is not a port number", "8000")
-        kw["port"] = int(v)
-    if v := get("RELAY_METRICS_PORT"):
-        if not v.isdigit() or not 0 < int(v) < 65536:
-            raise ConfigError("RELAY_METRICS_PORT", f"{v!r} is not a port number", "9091")
-        if int(v) == kw.get("port", Settings.port):
-            raise ConfigError("RELAY_METRICS_PORT", "must differ from PORT", "9091")
-        kw["metrics_port"] = int(v)
-    if v := get("LOG_LEVEL"):
-        if v.lower() not in ("debug", "info", "warning", "error"):
-            raise ConfigError("LOG_LEVEL", f"{v!r} is not debug, info, warning or error", "info")
-        kw["log_level"] = v.lower()
-    if v := get("LOG_FORMAT"):
-        if v not in ("json", "console"):
-            raise ConfigError("LOG_FORMAT", f"{v!r} is not json or console", "json")
-        kw["log_format"] = v
-    if v := get("RELAY_TRUSTED_PROXIES"):
-        if not v.isdigit() or int(v) > 5:
-            raise ConfigError("RELAY_TRUSTED_PROXIES", f"{v!r} is not a number from 0 to 5", "1")
-        kw["trusted_proxies"] = int(v)
-    if v := get("RELAY_BACKLOG_WARN"):
-        kw["backlog_warn_s"] = parse_duration_s("RELAY_BACKLOG_WARN", v)
-    if v := get("RELAY_PROBE_INTERVAL_MAX"):
-        kw["probe_interval_max_s"] = parse_duration_s("RELAY_PROBE_INTERVAL_MAX", v)
-        if not 0 < kw["probe_interval_max_s"] <= 3600:  # type: ignore[operator]
-            raise ConfigError("RELAY_PROBE_INTERVAL_MAX", "must be from 1ms to 1h", "5s")
-    if v := get("RELAY_MAX_PENDING_AGE"):
-        kw["max_pending_age_s"] = parse_duration_s("RELAY_MAX_PENDING_AGE", v)
-    if v := get("CLERK_SECRET_KEY"):
-        if not _CLERK_KEY_RE.match(v):
-            # Never echo the value: it may be a real key with a typo.
-            raise ConfigError(
-                "CLERK_SECRET_KEY", "must look like sk_test_... or sk_live_...", "sk_test_..."
-            )
-        kw["clerk_secret_key"] = v
-    if v := get("CLERK_API_URL"):
-        kw["clerk_api_url"] = _url("CLERK_API_URL", v, DEFAULT_CLERK_API_URL)
-    if v := get("RELAY_CLERK_RATE"):
-        kw["clerk_rate_per_s"] = parse_rate_per_s("RELAY_CLERK_RATE", v)
-    if v := get("RELAY_RECONCILE_EVERY"):
-        every_s = parse_duration_s("RELAY_RECONCILE_EVERY", v)
-        if every_s < 60:
-            raise ConfigError("RELAY_RECONCILE_EVERY", "must be at least 1m", "24h")
-        kw["reconcile_every_s"] = every_s
-    return Settings(**kw)  # type: ignore[arg-type]
+
+def config_table_markdown(variables: tuple[Variable, ...] = VARIABLES) -> str:
+    """The README's configuration table (header and one row per variable), as Markdown."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{v.env}` | {v.default} | {v.doc} |" for v in variables]
+    return "\n".join(lines) + "\n"

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from harness.factories import SECOND_SECRET, SECRET
 from relay.errors import ConfigError
-from relay.settings import DEFAULT_RETRY_SCHEDULE_S, Route, Settings, parse_duration_s, parse_size
+from relay.settings import (
+    DEFAULT_RETRY_SCHEDULE_S,
+    VARIABLES,
+    Route,
+    ServerSettings,
+    Settings,
+    Variable,
+    parse_duration_s,
+    parse_size,
+)
 
 BASE = {"CLERK_WEBHOOK_SECRET": SECRET, "CONVEX_SITE_URL": "https://happy-otter-123.convex.site"}
 
@@ -233,3 +244,45 @@ def test_delivers_follows_events_and_routes() -> None:
     assert http.delivers("user.updated") and not http.delivers("organization.updated")
     mutation = parse(CONVEX_SITE_URL="", CONVEX_URL="https://x.convex.cloud")
     assert mutation.delivers("user.updated") and not mutation.delivers("organization.updated")
+
+
+def test_the_table_fills_every_field_once() -> None:
+    """Each variable fills its own Settings field; only heartbeat_stale_s has no variable."""
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    filled = [var.field for var in VARIABLES]
+    assert len(set(filled)) == len(filled)
+    assert fields - set(filled) == {"heartbeat_stale_s"}
+    assert set(filled) <= fields
+    assert len({var.env for var in VARIABLES}) == len(VARIABLES)
+
+
+def test_secret_rows_are_the_fields_kept_out_of_repr() -> None:
+    """A variable marked secret fills a field repr() leaves out, and no other field is."""
+    hidden = {f.name for f in dataclasses.fields(Settings) if not f.repr}
+    assert {var.field for var in VARIABLES if var.secret} == hidden
+
+
+#: Secrets with a shape to check (any text is a Convex deploy key).
+CHECKED_SECRETS = [v for v in VARIABLES if v.secret and v.env != "CONVEX_DEPLOY_KEY"]
+
+
+@pytest.mark.parametrize("var", CHECKED_SECRETS, ids=lambda v: v.env)
+def test_a_refused_secret_is_not_echoed(var: Variable) -> None:
+    """A secret that fails its check is named by variable, never shown (it may be real)."""
+    typo = "pk_live_Zx9"
+    with pytest.raises(ConfigError) as err:
+        var.parse(var.env, typo)
+    assert err.value.variable == var.env
+    assert typo not in str(err.value)
+
+
+def test_server_settings_read_the_process_managers_knobs() -> None:
+    """gunicorn's worker count, threads and access log come from their variables."""
+    assert ServerSettings.from_env({}) == ServerSettings(None, 1, False)
+    s = ServerSettings.from_env(
+        {"WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "4", "GUNICORN_ACCESS_LOG": "1"}
+    )
+    assert s == ServerSettings(web_concurrency=3, gunicorn_threads=4, gunicorn_access_log=True)
+    with pytest.raises(ConfigError) as err:
+        ServerSettings.from_env({"WEB_CONCURRENCY": "lots"})
+    assert err.value.variable == "WEB_CONCURRENCY"
