@@ -40,12 +40,6 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def standin() -> Iterator[TrackingStandIn]:
-    with TrackingStandIn(FORWARD_SECRET).running() as cx:
-        yield cx
-
-
-@pytest.fixture(scope="module")
 def relay(
     tmp_path_factory: pytest.TempPathFactory, standin: TrackingStandIn
 ) -> Iterator[RelayProcess]:
