@@ -11,17 +11,16 @@ import contextlib
 import io
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from relay import timeparse
 from relay.errors import ConfigError, StoreError
 from relay.models import Event, EventFilter, Status, TargetHealth, TargetState
 from relay.replay import matching_ids, replay_ids
@@ -75,25 +74,14 @@ def _store(settings: Settings, *, sync_commits: bool = True) -> Store:
     return store
 
 
-def _since(value: str | None, now_s: float) -> int | None:
+def _since(value: str | None, now_ms: float) -> int | None:
     """``2h`` (that long ago) or an ISO date/time, as epoch ms."""
     if value is None:
         return None
-    if re.fullmatch(r"\d+(\.\d+)?(ms|s|m|h|d)", value.strip()):
-        return int((now_s - parse_duration_s("--since", value)) * 1000)
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter("use a duration like 2h or a date like 2026-11-01T12:00") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
-
-
-def _fmt_ms(ms: int | None) -> str:
+    ms = timeparse.moment_ms(value, timeparse.CLI, now_ms=now_ms)
     if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        raise click.BadParameter("use a duration like 2h or a date like 2026-11-01T12:00")
+    return ms
 
 
 def _table(events: list[Event]) -> str:
@@ -105,7 +93,7 @@ def _table(events: list[Event]) -> str:
                 e.type,
                 str(e.status),
                 e.entity_id or "-",
-                _fmt_ms(e.received_at_ms),
+                timeparse.utc_text(e.received_at_ms),
                 str(e.attempt_count),
                 (e.last_error or "")[:60],
             )
@@ -224,7 +212,7 @@ def events(
         statuses=tuple(Status(s) for s in status),
         type_glob=type_glob,
         entity_id=entity,
-        since_ms=_since(since, time.time()),
+        since_ms=_since(since, time.time() * 1000),
     )
     page = store.list_events(flt, limit=limit)
     if as_json:
@@ -256,12 +244,12 @@ def show(event_id: str, as_json: bool, body: bool) -> None:
     for key in ("id", "type", "status", "object", "entityId"):
         click.echo(f"{key:>14}: {data[key]}")
     for key in ("occurredAt", "receivedAt", "nextAttemptAt", "deliveredAt"):
-        click.echo(f"{key:>14}: {_fmt_ms(data[key])}")
+        click.echo(f"{key:>14}: {timeparse.utc_text(data[key])}")
     click.echo(f"{'lastError':>14}: {data['lastError'] or '-'}")
     click.echo(f"\nattempts ({len(event.attempts)}):")
     for a in event.attempts:
         click.echo(
-            f"  {_fmt_ms(a.at_ms)}  {a.outcome:<9} {a.status_code or '-':>4}"
+            f"  {timeparse.utc_text(a.at_ms)}  {a.outcome:<9} {a.status_code or '-':>4}"
             f"  {a.duration_ms:8.1f} ms  {a.error or ''}"
         )
     if body:
@@ -301,7 +289,7 @@ def replay(
         statuses=tuple(Status(s) for s in status),
         type_glob=type_glob,
         entity_id=entity,
-        since_ms=_since(since, now_ms / 1000),
+        since_ms=_since(since, now_ms),
     )
     matching = matching_ids(store, base, force=force)
     if dry_run:

@@ -13,6 +13,7 @@
     │   ├── RequestTimeout    408   the request body did not arrive in time
     │   ├── PayloadTooLarge   413   body larger than RELAY_MAX_BODY
     │   ├── TooManyRequests   429   admin token guessed too often
+    │   │   └── LimitedError  429   a client over its wrong-token budget; carries Retry-After
     │   └── StoreUnavailable  503   the store could not commit; nothing was acknowledged
     ├── StoreError                  the store failed (disk full, locked, connection lost)
     ├── UnsafeValueError            a payload cannot be made a valid Convex value
@@ -111,6 +112,14 @@ class TooManyRequests(HTTPError):
 
     status_code = 429
     code = "too_many_requests"
+
+
+class LimitedError(TooManyRequests):
+    """Raised while a client is over its wrong-token budget; carries ``Retry-After``."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"too many wrong admin tokens; try again in {retry_after_s}s")
+        self.retry_after_s = retry_after_s
 
 
 class StoreUnavailable(HTTPError):

@@ -70,21 +70,35 @@ INGEST_FAILED_AT = Gauge(
 )
 
 
+def _every_process(multiprocess_dir: str | None) -> CollectorRegistry | None:
+    """Every process's counters in multiprocess mode (``multiprocess_dir``, by default
+    ``PROMETHEUS_MULTIPROC_DIR``); None when this is a single process."""
+    multiprocess_dir = multiprocess_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not multiprocess_dir:
+        return None
+    from prometheus_client import multiprocess
+
+    reg = CollectorRegistry()
+    multiprocess.MultiProcessCollector(reg, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+    return reg
+
+
 def ingest_failed_at_s(multiprocess_dir: str | None = None) -> float:
     """:data:`INGEST_FAILED_AT` as /metrics would show it (every process's newest value)."""
-    reg = CollectorRegistry()
-    if multiprocess_dir := multiprocess_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.MultiProcessCollector(reg, path=multiprocess_dir)  # type: ignore[no-untyped-call]
-        families = reg.collect()
-    else:
-        families = INGEST_FAILED_AT.collect()
+    reg = _every_process(multiprocess_dir)
+    families = INGEST_FAILED_AT.collect() if reg is None else reg.collect()
     for family in families:
         for sample in family.samples:
             if sample.name == "relay_ingest_commit_failed_at_seconds":
                 return float(sample.value)
     return 0.0
+
+
+def worker_heartbeat_age_s(store: Store, now_s: float) -> float | None:
+    """Seconds since a delivery worker last reported (None when none ever did): the
+    gauge below, /readyz's worker check and the console's warning read this one number."""
+    beat = store.last_heartbeat_ms()
+    return None if beat is None else max(0.0, now_s - beat / 1000)
 
 
 class StoreCollector(Collector):
@@ -113,11 +127,11 @@ class StoreCollector(Collector):
             value=self.backlog_warn_s,
         )
         yield from _target_gauges(self.store.targets(), now_ms)
-        beat = self.store.last_heartbeat_ms()
+        beat_age_s = worker_heartbeat_age_s(self.store, now_ms / 1000)
         yield GaugeMetricFamily(
             "relay_worker_heartbeat_age_seconds",
             "Seconds since a delivery worker last reported (-1 when none ever did).",
-            value=-1.0 if beat is None else max(0.0, (now_ms - beat) / 1000),
+            value=-1.0 if beat_age_s is None else beat_age_s,
         )
 
 
@@ -152,12 +166,9 @@ def registry(
     """Every series /metrics shows: this process's counters (or, in multiprocess mode,
     every process's: ``multiprocess_dir``, by default ``PROMETHEUS_MULTIPROC_DIR``),
     plus the backlog gauges read from ``store``."""
-    reg = CollectorRegistry()
-    if multiprocess_dir := multiprocess_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.MultiProcessCollector(reg, path=multiprocess_dir)  # type: ignore[no-untyped-call]
-    else:
+    reg = _every_process(multiprocess_dir)
+    if reg is None:
+        reg = CollectorRegistry()
         reg.register(_ThisProcess())
     reg.register(StoreCollector(store, backlog_warn_s))
     return reg

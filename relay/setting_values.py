@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import ConfigError
+from relay.timeparse import duration_s
 
 #: Convex's official Clerk template (docs.convex.dev/auth/database-auth).
 DEFAULT_ROUTES_SPEC = (
     "user.created,user.updated=users:upsertFromClerk;user.deleted=users:deleteFromClerk"
 )
 
-_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -48,10 +48,10 @@ class Route:
 
 def parse_duration_s(variable: str, text: str) -> float:
     """``500ms``, ``10s``, ``2m``, ``1h``, ``3d`` (a bare number is seconds)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
-    if not m:
-        raise ConfigError(variable, f"{text!r} is not a duration", "10s")
-    return float(m.group(1)) * _DURATION_UNITS_S[m.group(2) or "s"]
+    try:
+        return duration_s(text)
+    except ValueError:
+        raise ConfigError(variable, f"{text!r} is not a duration", "10s") from None
 
 
 def parse_rate_per_s(variable: str, text: str) -> float:

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real SQLite store, settings, the app, and the Convex stand-in."""
+"""Shared fixtures: a real SQLite store, settings, the app, and the Convex stand-ins."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 
 from harness.convex_standin import ConvexStandIn
 from harness.factories import FORWARD_SECRET, SECRET
+from harness.relay_process import TrackingStandIn
 from relay import create_app
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
@@ -58,3 +59,17 @@ def convex() -> Iterator[ConvexStandIn]:
     """A loopback Convex whose HTTP action verifies with the relay's forward secret."""
     with ConvexStandIn(FORWARD_SECRET).running() as standin:
         yield standin
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[TrackingStandIn]:
+    """A loopback Convex for a module's relay processes, recording every request (modules
+    that need another kind of stand-in define their own ``standin``)."""
+    with TrackingStandIn(FORWARD_SECRET).running() as cx:
+        yield cx
+
+
+@pytest.fixture
+def standin_up(standin: TrackingStandIn) -> None:
+    """The test starts with a Convex that answers 200 at once (``usefixtures`` it)."""
+    standin.up()

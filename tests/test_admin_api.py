@@ -17,11 +17,12 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from harness.convex_standin import ConvexStandIn
 from harness.factories import SECRET, make_event
-from relay import create_app
+from relay import create_app, errors
 from relay.delivery.worker import Worker
 from relay.models import EventFilter, Status
 from relay.settings import Settings
 from relay.store import Store, open_store
+from relay.web import auth
 from relay.web.auth import FailureLimiter
 from tests.support.adminkit import BEARER, TOKEN, admin_settings, ingest
 
@@ -462,3 +463,11 @@ def test_api_conforms_to_openapi(tmp_path: Path) -> None:
             run()
     statuses = {status for _, _, status in seen}
     assert {200, 400}.issubset(statuses)  # the run reached real answers, not just refusals
+
+
+def test_limited_error_is_in_the_error_tree() -> None:
+    """The sign-in limit's error is a 429 of relay.errors, still reachable from auth."""
+    exc = auth.LimitedError(7)
+    assert auth.LimitedError is errors.LimitedError
+    assert isinstance(exc, errors.TooManyRequests) and exc.status_code == 429
+    assert exc.retry_after_s == 7 and "7s" in exc.detail

@@ -133,20 +133,28 @@ def test_wrongness_names_each_kind() -> None:
 # -- relay -> examples/convex: must be 100 % --------------------------------------------
 
 
+def relay_runs(
+    disorder: str, examples: ConvexEmulator, scratch: Path, target: str = "http-action"
+) -> list[conv.RunResult]:
+    """2 x RUNS seeded scenarios through the relay, raw and normalized payloads in turn."""
+    return [
+        conv.run_relay(
+            conv.scenario(seed, disorder=disorder),
+            examples,
+            scratch,
+            target=target,
+            payload=("raw", "normalized")[seed % 2],
+        )
+        for seed in range(2 * RUNS)
+    ]
+
+
 @pytest.mark.parametrize("disorder", conv.DISORDERS)
 def test_relay_to_http_action_always_converges(
     disorder: str, examples: ConvexEmulator, scratch: Path
 ) -> None:
     """HTTP-action target, raw and normalized, Convex functions throwing (500) at random."""
-    results = [
-        conv.run_relay(
-            conv.scenario(seed, disorder=disorder),
-            examples,
-            scratch,
-            payload=("raw", "normalized")[seed % 2],
-        )
-        for seed in range(2 * RUNS)
-    ]
+    results = relay_runs(disorder, examples, scratch)
     statuses = assert_all_converged(results)
     assert statuses[Status.SUPERSEDED] > 0  # stale arrivals happened and were held back
     assert sum(r.failed_attempts for r in results) > 0  # outages happened and were retried
@@ -157,16 +165,7 @@ def test_relay_to_function_api_always_converges(
     disorder: str, examples: ConvexEmulator, scratch: Path
 ) -> None:
     """Function-API target, raw and normalized, Convex answering 503 at random."""
-    results = [
-        conv.run_relay(
-            conv.scenario(seed, disorder=disorder),
-            examples,
-            scratch,
-            target="mutation",
-            payload=("raw", "normalized")[seed % 2],
-        )
-        for seed in range(2 * RUNS)
-    ]
+    results = relay_runs(disorder, examples, scratch, target="mutation")
     statuses = assert_all_converged(results)
     assert statuses[Status.SUPERSEDED] > 0
     assert sum(r.failed_attempts for r in results) > 0

@@ -13,6 +13,7 @@ import random
 import signal
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,25 +25,11 @@ from harness.factories import FORWARD_SECRET, SECOND_SECRET, SECRET, fixture_pat
 from harness.relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
 from relay.models import Event, Status, order_key, to_ms
 from relay.store.sqlite import SQLiteStore
+from tests.support.e2e import new_id, settled
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("standin_up")]
 
 DEPLOY_KEY = "prod:standin|key"
-TERMINAL = {Status.DELIVERED, Status.FAILED, Status.SKIPPED, Status.SUPERSEDED}
-
-
-def new_id(tag: str = "e2e") -> str:
-    return f"msg_{tag}_{uuid.uuid4().hex[:12]}"
-
-
-def settled(store: SQLiteStore, event_id: str, timeout: float = 20.0) -> Event:
-    """Wait until the event reaches a terminal status; return it with its attempts."""
-
-    def done() -> Event | None:
-        event = store.get(event_id)
-        return event if event is not None and event.status in TERMINAL else None
-
-    return wait_until(done, timeout, f"{event_id} to settle")
 
 
 def assert_json_error(response: Any, status: int) -> None:
@@ -54,18 +41,6 @@ def assert_json_error(response: Any, status: int) -> None:
 
 
 # -- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[TrackingStandIn]:
-    with TrackingStandIn(FORWARD_SECRET).running() as cx:
-        yield cx
-
-
-@pytest.fixture(autouse=True)
-def _standin_healthy(standin: TrackingStandIn) -> None:
-    """Each test starts with a Convex that answers 200 at once."""
-    standin.up()
 
 
 @pytest.fixture(scope="module")
@@ -521,8 +496,12 @@ def test_events_of_one_object_are_delivered_in_order_one_at_a_time(tmp_path: Pat
 # -- shutdown ----------------------------------------------------------------------------------
 
 
-def test_sigterm_finishes_the_attempt_in_flight_and_exits_0(tmp_path: Path) -> None:
-    """SIGTERM while Convex takes 2 s to answer: the attempt completes, is recorded, exit 0."""
+@contextmanager
+def attempt_in_flight(
+    tmp_path: Path, entity_id: str
+) -> Iterator[tuple[TrackingStandIn, RelayProcess, str]]:
+    """A relay whose one delivery attempt is in flight: Convex takes 2 s to answer it.
+    Yields the stand-in, the relay and the event's id."""
     with TrackingStandIn(FORWARD_SECRET).running() as cx:
         cx.script.hang_s = 2.0
         env = relay_env(
@@ -533,17 +512,29 @@ def test_sigterm_finishes_the_attempt_in_flight_and_exits_0(tmp_path: Path) -> N
         )
         msg_id = new_id()
         with RelayProcess(tmp_path, env) as relay:
-            relay.post_event(make_envelope("user.created", entity_id="user_term"), msg_id)
+            relay.post_event(make_envelope("user.created", entity_id=entity_id), msg_id)
             wait_until(lambda: msg_id in cx.entered, 20, "the attempt to reach Convex")
-            assert relay.stop() == 0
-        assert cx.delivery_count(msg_id) == 1
-        store = SQLiteStore.from_url(env["RELAY_DATABASE_URL"])
-        event = store.get(msg_id)
-        store.close()
-        assert event is not None
-        assert event.status == Status.DELIVERED
-        assert [a.status_code for a in event.attempts] == [200]
-        assert "worker_stopped" in relay.log()
+            yield cx, relay, msg_id
+
+
+def stored(relay: RelayProcess, event_id: str) -> Event | None:
+    """The event as the relay's database holds it (the relay may have exited)."""
+    store = relay.open_store()
+    event = store.get(event_id)
+    store.close()
+    return event
+
+
+def test_sigterm_finishes_the_attempt_in_flight_and_exits_0(tmp_path: Path) -> None:
+    """SIGTERM while Convex takes 2 s to answer: the attempt completes, is recorded, exit 0."""
+    with attempt_in_flight(tmp_path, "user_term") as (cx, relay, msg_id):
+        assert relay.stop() == 0
+    assert cx.delivery_count(msg_id) == 1
+    event = stored(relay, msg_id)
+    assert event is not None
+    assert event.status == Status.DELIVERED
+    assert [a.status_code for a in event.attempts] == [200]
+    assert "worker_stopped" in relay.log()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["systemd", "ctrl-c"])
@@ -553,28 +544,15 @@ def test_a_signal_to_the_whole_process_group_is_a_warm_stop(
     """systemd (KillMode=control-group) and a terminal's Ctrl-C signal every process of
     relay serve at once, and serve forwards SIGTERM too: the worker takes the repeat as
     the same stop, finishes the attempt in flight and everything exits 0."""
-    with TrackingStandIn(FORWARD_SECRET).running() as cx:
-        cx.script.hang_s = 2.0
-        env = relay_env(
-            tmp_path,
-            CONVEX_SITE_URL=cx.url,
-            RELAY_FORWARD_SECRET=FORWARD_SECRET,
-            RELAY_DELIVERY_TIMEOUT="10s",
-        )
-        msg_id = new_id()
-        with RelayProcess(tmp_path, env) as relay:
-            relay.post_event(make_envelope("user.created", entity_id="user_group"), msg_id)
-            wait_until(lambda: msg_id in cx.entered, 20, "the attempt to reach Convex")
-            assert relay.proc is not None
-            os.killpg(relay.pid, signum)
-            returncode = relay.proc.wait(40)
-            log = relay.log()
-        assert returncode == 0, log
-        assert "worker_cold_shutdown" not in log
-        if signum == signal.SIGINT:  # two SIGTERMs may merge into one in the kernel
-            assert "worker_signal_repeated" in log
-        assert cx.delivery_count(msg_id) == 1
-        store = SQLiteStore.from_url(env["RELAY_DATABASE_URL"])
-        event = store.get(msg_id)
-        store.close()
-        assert event is not None and event.status == Status.DELIVERED
+    with attempt_in_flight(tmp_path, "user_group") as (cx, relay, msg_id):
+        assert relay.proc is not None
+        os.killpg(relay.pid, signum)
+        returncode = relay.proc.wait(40)
+        log = relay.log()
+    assert returncode == 0, log
+    assert "worker_cold_shutdown" not in log
+    if signum == signal.SIGINT:  # two SIGTERMs may merge into one in the kernel
+        assert "worker_signal_repeated" in log
+    assert cx.delivery_count(msg_id) == 1
+    event = stored(relay, msg_id)
+    assert event is not None and event.status == Status.DELIVERED

@@ -21,19 +21,15 @@ from svix.webhooks import Webhook
 from harness.factories import FORWARD_SECRET, fixture_paths, make_envelope
 from harness.postgres_server import fresh_schema
 from harness.relay_process import RelayProcess, TrackingStandIn, relay_env, wait_until
-from relay.models import Event, NewEvent, Status
+from relay.models import NewEvent, Status
 from relay.store import Store, open_store
+from tests.support.e2e import new_id, settled
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("standin_up")]
 
 BACKENDS = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)]
-TERMINAL = {Status.DELIVERED, Status.FAILED, Status.SKIPPED, Status.SUPERSEDED}
 #: Patient enough that nothing runs out of retries during the outages below.
 PATIENT_SCHEDULE = ",".join(["300ms"] * 40)
-
-
-def new_id(tag: str = "bk") -> str:
-    return f"msg_{tag}_{uuid.uuid4().hex[:12]}"
 
 
 @contextmanager
@@ -57,34 +53,12 @@ def env_for(workdir: Path, db_url: str, convex_url: str) -> dict[str, str]:
     )
 
 
-def settled(store: Store, event_id: str, timeout: float = 30.0) -> Event:
-    """Wait until the event is terminal; it, with its attempts."""
-
-    def done() -> Event | None:
-        event = store.get(event_id)
-        return event if event is not None and event.status in TERMINAL else None
-
-    return wait_until(done, timeout, f"{event_id} to settle")
-
-
 # -- fixtures ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[TrackingStandIn]:
-    with TrackingStandIn(FORWARD_SECRET).running() as cx:
-        yield cx
-
-
-@pytest.fixture(autouse=True)
-def _standin_healthy(standin: TrackingStandIn) -> None:
-    """Each test starts with a Convex that answers 200 at once."""
-    standin.up()
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +118,7 @@ def test_two_503s_then_ok_is_delivered_on_the_third_attempt(
 ) -> None:
     """503, 503, 200: delivered once, three attempts recorded in order."""
     standin.fail_next(2, 503)
-    msg_id = new_id()
+    msg_id = new_id("bk")
     relay.post_event(
         make_envelope("user.created", entity_id=f"user_{uuid.uuid4().hex[:8]}"), msg_id
     )

@@ -36,6 +36,7 @@ from harness.factories import FORWARD_SECRET, fixture_paths
 from harness.relay_process import RelayProcess, relay_env, wait_until
 from relay.models import Event, Status, order_key, to_ms
 from relay.store.sqlite import SQLiteStore
+from tests.support.e2e import TERMINAL
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +49,6 @@ ORG_ROUTES = (
     "organizationMembership.deleted=orgs:deleteMembership"
 )
 SYNCED_PREFIXES = ("user.", "organization.", "organizationMembership.")
-TERMINAL = {Status.DELIVERED, Status.FAILED, Status.SKIPPED, Status.SUPERSEDED}
 T0 = 1_760_000_000_000  # ms
 
 

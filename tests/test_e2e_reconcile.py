@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,17 +105,37 @@ def relay(
         where["RELAY_ROUTES"] = ORG_ROUTES
     else:
         where |= {"CONVEX_SITE_URL": emulator.url, "RELAY_FORWARD_SECRET": FORWARD_SECRET}
-    env = relay_env(
+    with running_relay(tmp_path, clerk, **where) as relay:
+        yield relay
+
+
+def reconcile_env(tmp_path: Path, clerk: ClerkEmulator, **where: str) -> dict[str, str]:
+    """A relay's environment reading the Clerk emulator, plus where it delivers."""
+    return relay_env(
         tmp_path,
         CLERK_SECRET_KEY=SECRET_KEY,
         CLERK_API_URL=clerk.url,
         RELAY_CLERK_RATE="1000",
         **where,
     )
-    with RelayProcess(tmp_path, env) as process:
+
+
+@contextmanager
+def running_relay(tmp_path: Path, clerk: ClerkEmulator, **where: str) -> Iterator[Relay]:
+    """relay serve reading the Clerk emulator and delivering ``where`` says, with its store."""
+    with RelayProcess(tmp_path, reconcile_env(tmp_path, clerk, **where)) as process:
         store = process.open_store()
         yield Relay(process, store)
         store.close()
+
+
+def official_relay(
+    tmp_path: Path, clerk: ClerkEmulator, official: ConvexEmulator
+) -> AbstractContextManager[Relay]:
+    """HTTP action to the official template, no deploy key (upsert-only)."""
+    return running_relay(
+        tmp_path, clerk, CONVEX_SITE_URL=official.url, RELAY_FORWARD_SECRET=FORWARD_SECRET
+    )
 
 
 def clerk_state(clerk: ClerkEmulator) -> Rows:
@@ -313,23 +334,12 @@ def test_the_official_template_gets_every_clerk_user(
     clerk.put_users(people)
     # Half of them were synced by webhooks before; the other half predate the webhook.
     official_convex_emulator.insert("users", [official_user_row(p) for p in people[::2]])
-    env = relay_env(
-        tmp_path,
-        CONVEX_SITE_URL=official_convex_emulator.url,
-        RELAY_FORWARD_SECRET=FORWARD_SECRET,
-        CLERK_SECRET_KEY=SECRET_KEY,
-        CLERK_API_URL=clerk.url,
-        RELAY_CLERK_RATE="1000",
-    )
-    with RelayProcess(tmp_path, env) as process:
-        store = process.open_store()
-        relay = Relay(process, store)
-        result = process.cli("reconcile", "--json", "--objects", "users")
+    with official_relay(tmp_path, clerk, official_convex_emulator) as relay:
+        result = relay.process.cli("reconcile", "--json", "--objects", "users")
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["users"]["queued"] == 20
         assert "deletions cannot be detected" in result.stderr
         relay.settle()
-        store.close()
     table = sorted(
         (
             {"externalId": d["externalId"], "name": d["name"]}
@@ -349,16 +359,7 @@ def test_webhooks_during_a_run_win_on_the_official_template_too(
     b = clerk_user("user_b", updated_at=T0 + 2000, first="B")
     clerk.put_users([a2, b])
     a3 = clerk_user("user_a", updated_at=T0 + 3000, first="A3")
-    env = relay_env(
-        tmp_path,
-        CONVEX_SITE_URL=official_convex_emulator.url,
-        RELAY_FORWARD_SECRET=FORWARD_SECRET,
-        CLERK_SECRET_KEY=SECRET_KEY,
-        CLERK_API_URL=clerk.url,
-        RELAY_CLERK_RATE="1000",
-    )
-    with RelayProcess(tmp_path, env) as process:
-        relay = Relay(process, process.open_store())
+    with official_relay(tmp_path, clerk, official_convex_emulator) as relay:
         sent = threading.Event()
 
         def webhooks_mid_run(request: Logged) -> None:
@@ -370,12 +371,11 @@ def test_webhooks_during_a_run_win_on_the_official_template_too(
                 ("msg_a3", envelope("user.updated", a3, at=T0 + 3002)),
                 ("msg_b_deleted", envelope("user.deleted", deleted, at=T0 + 4000)),
             ]:
-                assert process.post_event(env, msg_id).status_code == 200
+                assert relay.process.post_event(env, msg_id).status_code == 200
 
         clerk.on_request(webhooks_mid_run)
         assert relay.reconcile("--objects", "users")["users"]["queued"] == 2
         relay.settle()
-        relay.store.close()
     assert sent.is_set()
     table = [(d["externalId"], d["name"]) for d in official_convex_emulator.tables("users")]
     assert table == [("user_a", "A3 Lovelace")]
@@ -390,13 +390,11 @@ def test_a_schedule_with_several_workers_reconciles_exactly_once(
     emulator.reset()
     people = [clerk_user(f"user_{i:02d}", updated_at=T0 + i) for i in range(30)]
     clerk.put_users(people)
-    env = relay_env(
+    env = reconcile_env(
         tmp_path,
+        clerk,
         CONVEX_URL=emulator.url,
         CONVEX_DEPLOY_KEY=ADMIN_KEY,
-        CLERK_SECRET_KEY=SECRET_KEY,
-        CLERK_API_URL=clerk.url,
-        RELAY_CLERK_RATE="1000",
         RELAY_RECONCILE_EVERY="24h",
         LOG_LEVEL="debug",
     )

@@ -13,6 +13,7 @@ import requests
 
 from harness.factories import FORWARD_SECRET, SECRET, make_event, signed_headers
 from harness.relay_process import RelayProcess, TrackingStandIn, free_port, relay_env, wait_until
+from relay import metrics
 from relay.check import sample_envelope
 from relay.store.sqlite import SQLiteStore
 
@@ -36,12 +37,6 @@ def metric(text: str, name: str, **labels: str) -> float:
         if got == want:
             return float(m.group(3))
     return 0.0
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[TrackingStandIn]:
-    with TrackingStandIn(FORWARD_SECRET).running() as cx:
-        yield cx
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +298,15 @@ def test_serve_runs_delivery_below_ingest_priority(relay: RelayProcess) -> None:
     assert list(niceness.values()).count(0) >= 2  # ... and the recorder
     assert nice(Path(f"/proc/{started['web_pid']}")) == 0
     assert nice(Path(f"/proc/{relay.pid}")) == 0  # the committer's process
+
+
+def test_worker_heartbeat_age(tmp_path: Path) -> None:
+    """None before any worker reported; then seconds since the newest beat, never below 0."""
+    now_s = 1_700_000_000.0
+    store = SQLiteStore(tmp_path / "relay.db")
+    store.migrate()
+    assert metrics.worker_heartbeat_age_s(store, now_s) is None
+    store.heartbeat("w1", now_ms=int(now_s * 1000) - 2500)
+    assert metrics.worker_heartbeat_age_s(store, now_s) == 2.5
+    assert metrics.worker_heartbeat_age_s(store, now_s - 10) == 0.0
+    store.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -36,14 +35,6 @@ def clerk() -> Iterator[ClerkEmulator]:
     with ClerkEmulator() as emulator:
         emulator.put_users(clerk_user(f"user_{i}", updated_at=T0 + i) for i in range(4))
         yield emulator
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "relay.db")
-    s.migrate()
-    yield s
-    s.close()
 
 
 def settings(clerk: ClerkEmulator, **overrides: object) -> Settings:

@@ -5,24 +5,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from structlog.testing import capture_logs
 
 from harness.factories import make_event
 from relay.store import local, open_store
 from relay.store.sqlite import SQLiteStore
 from tests.support.store_contract import StoreContract
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "relay.db")
-    s.migrate()
-    yield s
-    s.close()
 
 
 class TestSQLiteStore(StoreContract):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from structlog.testing import capture_logs
@@ -55,6 +55,17 @@ def make_worker(
     }
     s = settings.with_overrides(**fields)
     return Worker(s, store, clock=clock or Clock(), rng=random.Random(1))
+
+
+def msg_1_failing(
+    store: SQLiteStore, convex: ConvexStandIn, n: int, status: int, **answer: Any
+) -> Clock:
+    """Store msg_1 and have Convex answer its next ``n`` attempts with ``status``; the
+    settable clock to run the worker on."""
+    clock = Clock()
+    store.insert(make_event(event_id="msg_1"))
+    convex.fail_next(n, status, **answer)
+    return clock
 
 
 def mutation_worker(
@@ -128,9 +139,7 @@ def test_retry_then_deliver_logs_every_attempt(
     settings: Settings, store: SQLiteStore, convex: ConvexStandIn
 ) -> None:
     """503 then 200: two attempts in the log, delivered, next attempt was scheduled."""
-    clock = Clock()
-    store.insert(make_event(event_id="msg_1"))
-    convex.fail_next(1, 503)
+    clock = msg_1_failing(store, convex, 1, 503)
     worker = make_worker(settings, store, convex, clock=clock)
     worker.run_once()
     pending = store.get("msg_1")
@@ -150,9 +159,7 @@ def test_retry_after_is_honoured(
     settings: Settings, store: SQLiteStore, convex: ConvexStandIn
 ) -> None:
     """429 with Retry-After: 120 schedules the next attempt no sooner than 120 s."""
-    clock = Clock()
-    store.insert(make_event(event_id="msg_1"))
-    convex.fail_next(1, 429, retry_after="120")
+    clock = msg_1_failing(store, convex, 1, 429, retry_after="120")
     make_worker(settings, store, convex, clock=clock).run_once()
     event = store.get("msg_1")
     assert event is not None and event.next_attempt_at_ms is not None
@@ -163,9 +170,7 @@ def test_exhausted_retries_fail_with_last_reason(
     settings: Settings, store: SQLiteStore, convex: ConvexStandIn
 ) -> None:
     """After the schedule runs out the event is failed and says why."""
-    clock = Clock()
-    store.insert(make_event(event_id="msg_1"))
-    convex.fail_next(3, 502)
+    clock = msg_1_failing(store, convex, 3, 502)
     worker = make_worker(settings, store, convex, clock=clock)
     for _ in range(3):
         worker.run_once()
@@ -178,9 +183,8 @@ def test_exhausted_retries_fail_with_last_reason(
 
 def test_4xx_fails_at_once(settings: Settings, store: SQLiteStore, convex: ConvexStandIn) -> None:
     """A 400 about the payload will not get better by retrying: failed immediately."""
-    store.insert(make_event(event_id="msg_1"))
-    convex.fail_next(1, 400, body={"error": "Unrecognised event payload"})
-    make_worker(settings, store, convex).run_once()
+    clock = msg_1_failing(store, convex, 1, 400, body={"error": "Unrecognised event payload"})
+    make_worker(settings, store, convex, clock=clock).run_once()
     event = store.get("msg_1")
     assert event is not None and event.status == Status.FAILED
     assert event.last_error == "HTTP 400 rejected: Unrecognised event payload"
@@ -224,9 +228,8 @@ def test_redirect_is_not_followed(
     settings: Settings, store: SQLiteStore, convex: ConvexStandIn
 ) -> None:
     """A 3xx means a misconfigured URL: recorded as the answer, never followed."""
-    store.insert(make_event(event_id="msg_1"))
-    convex.fail_next(1, 307)
-    make_worker(settings, store, convex).run_once()
+    clock = msg_1_failing(store, convex, 1, 307)
+    make_worker(settings, store, convex, clock=clock).run_once()
     event = store.get("msg_1")
     assert event is not None and event.status != Status.DELIVERED
     assert event.attempts[0].status_code == 307
@@ -531,9 +534,7 @@ def test_worker_wakes_for_its_own_retry_before_the_next_poll(
     settings: Settings, store: SQLiteStore, convex: ConvexStandIn
 ) -> None:
     """A retry due in 200 ms shortens the loop's wait below the poll interval."""
-    clock = Clock()
-    store.insert(make_event(event_id="msg_1"))
-    convex.fail_next(1, 503)
+    clock = msg_1_failing(store, convex, 1, 503)
     worker = make_worker(settings, store, convex, clock=clock, retry_schedule_s=(0.2,))
     worker.poll_interval_s = 5.0
     assert worker._wait_s() == 5.0

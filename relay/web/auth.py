@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from flask import Flask, Request, Response, current_app, g, jsonify, session
 from flask.sessions import SecureCookieSessionInterface
 
-from relay.errors import BadRequest, TooManyRequests
+from relay.errors import BadRequest, LimitedError
 from relay.store import Store
 
 #: Wrong tokens allowed per client IP within :data:`FAILURE_WINDOW_S`.
@@ -75,7 +75,7 @@ class FailureLimiter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def check(self, client: str) -> None:
-        """Raise :class:`TooManyRequests` (with ``retry_after_s``) while ``client`` is limited."""
+        """Raise :class:`~relay.errors.LimitedError` while ``client`` is limited."""
         with self._lock:
             window = self._window(client)
             if window is not None and len(window) >= self.max_failures:
@@ -103,14 +103,6 @@ class FailureLimiter:
             del self._failures[client]
             return None
         return window
-
-
-class LimitedError(TooManyRequests):
-    """Raised while a client is over its wrong-token budget; carries ``Retry-After``."""
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"too many wrong admin tokens; try again in {retry_after_s}s")
-        self.retry_after_s = retry_after_s
 
 
 def client_ip(request: Request) -> str:

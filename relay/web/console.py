@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,12 +28,14 @@ from flask import (
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
-from relay.errors import Conflict, HTTPError, NotFound
+from relay.errors import Conflict, HTTPError, LimitedError, NotFound
+from relay.metrics import worker_heartbeat_age_s
 from relay.models import Event, EventFilter, Status, TargetState
 from relay.reconcile.schedule import RECONCILE_RUNS_SHOWN, ask_for_reconcile
 from relay.redact import redact, redact_text
 from relay.replay import matching_ids, replay_one, replay_selection
 from relay.settings import Settings
+from relay.timeparse import utc_text
 from relay.web import auth
 from relay.web.context import now_ms, runtime
 from relay.web.query import parse_filter, parse_list_query
@@ -85,16 +86,12 @@ def _security_headers(response: Response) -> Response:
 @bp.errorhandler(HTTPError)
 def _error_page(exc: HTTPError) -> tuple[str, int, dict[str, str]]:
     headers = {}
-    if isinstance(exc, auth.LimitedError):
+    if isinstance(exc, LimitedError):
         headers["Retry-After"] = str(exc.retry_after_s)
     return render_template("error.html", error=exc), exc.status_code, headers
 
 
-@bp.app_template_filter("utc")
-def _utc(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+bp.add_app_template_filter(utc_text, "utc")
 
 
 @bp.context_processor
@@ -126,12 +123,12 @@ def _health_warnings(settings: Settings) -> list[str]:
             f"{health.reason}. Events are kept and go out by themselves once a probe "
             f"({health.probe_count} so far) is delivered."
         )
-    beat = store.last_heartbeat_ms()
-    if beat is None:
+    beat_age_s = worker_heartbeat_age_s(store, now_s)
+    if beat_age_s is None:
         warnings.append("No delivery worker has reported yet: events are not being delivered.")
-    elif now_s - beat / 1000 > settings.heartbeat_stale_s:
+    elif beat_age_s > settings.heartbeat_stale_s:
         warnings.append(
-            f"The delivery worker was last seen {_age(now_s - beat / 1000)} ago: "
+            f"The delivery worker was last seen {_age(beat_age_s)} ago: "
             "events are not being delivered."
         )
     return warnings

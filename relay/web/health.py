@@ -30,8 +30,7 @@ def readyz() -> tuple[Response, int]:
     try:
         rt.store.ping()
         checks["store"] = "ok"
-        beat = rt.store.last_heartbeat_ms()
-        age_s = None if beat is None else time.time() - beat / 1000
+        age_s = metrics.worker_heartbeat_age_s(rt.store, time.time())
         if age_s is None:
             checks["worker"] = "no delivery worker has reported yet"
         elif age_s > rt.settings.heartbeat_stale_s:
