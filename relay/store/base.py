@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
@@ -179,32 +179,51 @@ class SQLStoreBase(RunsAndLeases):
         # Small batches, each its own short transaction: ingest waits on none for long.
         ph = self.PH
         statuses = sorted(map(str, PURGEABLE))
-        marks = ", ".join([ph] * len(statuses))
+
+        def delete(conn: Any, seqs: list[int]) -> None:
+            these = ", ".join([ph] * len(seqs))
+            for table in self.PURGED_WITH_EVENTS:
+                conn.execute(
+                    f"DELETE FROM {table} WHERE event_id IN"
+                    f" (SELECT id FROM events WHERE seq IN ({these}))",
+                    seqs,
+                )
+            conn.execute(f"DELETE FROM events WHERE seq IN ({these})", seqs)
+
         total = 0
+        for deleted in self._batches(
+            f"SELECT seq FROM events WHERE status IN ({', '.join([ph] * len(statuses))})"
+            f" AND received_at < {ph}",
+            (*statuses, older_than_ms),
+            PURGE_BATCH,
+            delete,
+        ):
+            total += deleted
+            self._reclaim_space()
+        return total
+
+    def _batches(
+        self,
+        select: str,
+        params: Sequence[Any],
+        size: int,
+        act: Callable[[Any, list[int]], None],
+    ) -> Iterator[int]:
+        """Read up to ``size`` seqs with ``select`` and ``act`` on them, in one short
+        transaction per batch, until a batch comes back short; yields each batch's
+        length after its commit."""
         while True:
             with self._tx() as conn:
                 seqs = [
                     r[0]
-                    for r in conn.execute(
-                        f"SELECT seq FROM events WHERE status IN ({marks})"
-                        f" AND received_at < {ph} LIMIT {ph}",
-                        (*statuses, older_than_ms, PURGE_BATCH),
-                    ).fetchall()
+                    for r in conn.execute(f"{select} LIMIT {self.PH}", (*params, size)).fetchall()
                 ]
                 if seqs:
-                    these = ", ".join([ph] * len(seqs))
-                    for table in self.PURGED_WITH_EVENTS:
-                        conn.execute(
-                            f"DELETE FROM {table} WHERE event_id IN"
-                            f" (SELECT id FROM events WHERE seq IN ({these}))",
-                            seqs,
-                        )
-                    conn.execute(f"DELETE FROM events WHERE seq IN ({these})", seqs)
-            total += len(seqs)
+                    act(conn, seqs)
             if seqs:
-                self._reclaim_space()
-            if len(seqs) < PURGE_BATCH:
-                return total
+                yield len(seqs)
+            if len(seqs) < size:
+                return
 
     def replay(self, flt: EventFilter, *, now_ms: int, force: bool = False) -> list[str]:
         ph = self.PH
@@ -329,27 +348,24 @@ class SQLStoreBase(RunsAndLeases):
         # Pending events waiting on a backoff (not in flight) become due now, a batch
         # per transaction. Range-reads the claim index: rows due later only.
         ph = self.PH
-        total = 0
-        while True:
-            with self._tx() as conn:
-                seqs = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT seq FROM events WHERE status = 'pending'"
-                        f" AND next_attempt_at > {ph} AND lease_expires_at IS NULL LIMIT {ph}",
-                        (now_ms, RELEASE_BATCH),
-                    ).fetchall()
-                ]
-                if seqs:
-                    conn.execute(  # re-checked: a row leased meanwhile keeps its lease's end
-                        f"UPDATE events SET next_attempt_at = {ph}"
-                        f" WHERE seq IN ({', '.join([ph] * len(seqs))})"
-                        " AND status = 'pending' AND lease_expires_at IS NULL",
-                        (now_ms, *seqs),
-                    )
-            total += len(seqs)
-            if len(seqs) < RELEASE_BATCH:
-                break
+
+        def make_due(conn: Any, seqs: list[int]) -> None:
+            conn.execute(  # re-checked: a row leased meanwhile keeps its lease's end
+                f"UPDATE events SET next_attempt_at = {ph}"
+                f" WHERE seq IN ({', '.join([ph] * len(seqs))})"
+                " AND status = 'pending' AND lease_expires_at IS NULL",
+                (now_ms, *seqs),
+            )
+
+        total = sum(
+            self._batches(
+                "SELECT seq FROM events WHERE status = 'pending'"
+                f" AND next_attempt_at > {ph} AND lease_expires_at IS NULL",
+                (now_ms,),
+                RELEASE_BATCH,
+                make_due,
+            )
+        )
         if total:
             self.notify()
         return total
