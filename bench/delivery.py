@@ -14,6 +14,11 @@ SQLite rows are measured. Writes ``bench/results/delivery.md`` and prints it.
    makes all N due at once; they drain into a zero-latency loopback Convex
    (``bench/ingest.py``'s stand-in, in its own process). The rate is N over the time
    from the replay to the last arrival at the stand-in.
+   The drains run twice: against a zero-latency stand-in (the relay's own cost is
+   the limit) and against one answering after :data:`CONVEX_LATENCY_MS` (a Convex
+   deployment across a network: the attempts' wait is the limit, and more workers
+   add more attempts in flight). The report gives the ratios the issue asks about:
+   PostgreSQL / SQLite with one worker, and three PostgreSQL workers / one.
 3. The stand-in's own ceiling (``wrk`` straight at it, 12 connections like 3 workers x
    4), so a delivery rate near it says the stand-in, not the relay, is the limit.
 """
@@ -49,6 +54,9 @@ from relay.store import open_store  # noqa: E402
 #: Events drained per delivery run.
 DRAIN_EVENTS = 3000
 WORKER_COUNTS = (1, 3)
+#: The stand-in's answer time in the second set of drains (a Convex mutation's round
+#: trip from a nearby region; Convex's own p50 is a few ms more).
+CONVEX_LATENCY_MS = 20.0
 #: More than the relay ingests in one wrk run, so no request repeats a svix-id.
 PRESIGNED = 60_000
 CEILING_SECONDS = 5
@@ -143,10 +151,12 @@ def arrivals(convex: str) -> dict[str, float]:
     return got
 
 
-def measure_drain(backend: str, workers: int, tmp: Path, convex: str) -> Row:
+def measure_drain(
+    backend: str, workers: int, tmp: Path, convex: str, latency_ms: float = 0.0
+) -> Row:
     """Insert DRAIN_EVENTS as ``failed`` (so nobody takes them yet), start the workers,
     then make them all due at once with the store's replay verb and time the drain."""
-    tag = f"{backend}{workers}w"
+    tag = f"{backend}{workers}w{latency_ms:.0f}ms"
     events = parked_events(DRAIN_EVENTS, tag)
     ids = {e.id for e in events}
     workdir = tmp / f"drain-{tag}"
@@ -182,7 +192,8 @@ def measure_drain(backend: str, workers: int, tmp: Path, convex: str) -> Row:
     first_s, span_s = min(times) - released_at, max(times) - released_at
     return Row(
         backend,
-        f"delivery, {workers} x relay worker (concurrency 4)",
+        f"delivery, {workers} x relay worker (concurrency 4), Convex answers in "
+        f"{latency_ms:.0f} ms",
         len(events) / span_s,
         f"{len(events)} pre-inserted events drained in {span_s:.1f} s, first after "
         f"{first_s * 1000:.0f} ms (direct store.insert: {insert_rate:.0f}/s)",
@@ -235,7 +246,29 @@ def render(rows: list[Row], elapsed: float, load: float, skipped: str | None) ->
     ]
     if skipped:
         lines += [f"PostgreSQL not measured: {skipped}.", ""]
+    lines += ratios(rows)
     return "\n".join(lines)
+
+
+def ratios(rows: list[Row]) -> list[str]:
+    """The issue's two ratios, per stand-in latency, from this run's rows."""
+    rate = {(r.backend, r.what): r.rate for r in rows}
+    out = ["| Convex answers in | PostgreSQL / SQLite, 1 worker | 3 PostgreSQL workers / 1 |",
+           "| --- | ---: | ---: |"]  # fmt: skip
+
+    def drain(backend: str, workers: int, latency: float) -> float | None:
+        what = (
+            f"delivery, {workers} x relay worker (concurrency 4), Convex answers in "
+            f"{latency:.0f} ms"
+        )
+        return rate.get((backend, what))
+
+    for latency in (0.0, CONVEX_LATENCY_MS):
+        sqlite1 = drain("sqlite", 1, latency)
+        pg1, pg3 = drain("postgres", 1, latency), drain("postgres", 3, latency)
+        if sqlite1 and pg1 and pg3:
+            out.append(f"| {latency:.0f} ms | {pg1 / sqlite1:.2f} | {pg3 / pg1:.2f} |")
+    return [*out, ""] if len(out) > 2 else []
 
 
 def main() -> int:
@@ -262,6 +295,15 @@ def main() -> int:
                 rows.append(measure_drain(backend, workers, tmp, convex))
                 print(f"{rows[-1].backend}: {rows[-1].what}: {rows[-1].rate:.0f}/s", flush=True)
         rows.append(measure_standin(convex, tmp))
+    with (
+        tempfile.TemporaryDirectory(prefix="relay-bench-") as tmpdir,
+        ingest.standin(CONVEX_LATENCY_MS) as convex,
+    ):
+        for backend in backends:
+            for workers in WORKER_COUNTS:
+                slow = CONVEX_LATENCY_MS
+                rows.append(measure_drain(backend, workers, Path(tmpdir), convex, slow))
+                print(f"{rows[-1].backend}: {rows[-1].what}: {rows[-1].rate:.0f}/s", flush=True)
     table = render(rows, time.time() - started, load, skipped)
     out = BENCH / "results" / "delivery.md"
     out.parent.mkdir(exist_ok=True)

@@ -79,8 +79,9 @@ DRAIN_TIMEOUT_S = 30
 # -- a zero-latency Convex stand-in in its own process (it must not share our GIL) ----------
 
 
-def run_standin(port: int) -> None:
-    """Answer every POST 200 at once; remember when each svix-id arrived (GET /arrivals).
+def run_standin(port: int, latency_s: float = 0.0) -> None:
+    """Answer every POST 200 (at once, or after ``latency_s`` as a Convex deployment
+    across a network would); remember when each svix-id arrived (GET /arrivals).
 
     It runs at the lowest CPU priority: it stands for Convex, whose CPU is someone
     else's in production, so in a saturating burst it must not take the relay's. With
@@ -101,6 +102,8 @@ def run_standin(port: int) -> None:
             now = time.time()
             with lock:
                 arrivals.setdefault(self.headers.get("svix-id", "?"), now)
+            if latency_s:
+                time.sleep(latency_s)
             self.send_response(200)
             self.send_header("content-length", "0")
             self.end_headers()
@@ -131,9 +134,11 @@ def run_standin(port: int) -> None:
 
 
 @contextmanager
-def standin() -> Iterator[str]:
+def standin(latency_ms: float = 0.0) -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--standin", str(port)])
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--standin", str(port), "--latency-ms", str(latency_ms)]
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(f"{url}/arrivals"), 15, "the stand-in")
@@ -628,8 +633,9 @@ def render(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--standin", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.standin:
-        run_standin(args.standin)
+        run_standin(args.standin, args.latency_ms / 1000)
     else:
         sys.exit(main())
