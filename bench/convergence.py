@@ -43,7 +43,7 @@ from harness.convex_emulator import (  # noqa: E402
     ConvexEmulator,
 )
 from harness.factories import FORWARD_SECRET  # noqa: E402
-from tests import convergence as conv  # noqa: E402
+from harness import convergence as conv  # noqa: E402
 
 PROFILES = (  # (label, disorder, outages)
     ("shuffled arrivals, outages", "shuffle", True),

@@ -3,6 +3,9 @@ import-linter contract in pyproject.toml, run by ``make lint``)."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import grimp
 
 
@@ -17,3 +20,25 @@ def test_no_module_of_the_relay_imports_itself_back() -> None:
         if "relay" not in (a, b) and graph.chain_exists(importer=b, imported=a)
     )
     assert cycles == []
+
+
+def test_bench_and_harness_never_import_the_tests() -> None:
+    """bench/ and harness/ stand on the package and the harness, never on tests/ (a
+    user's benchmark must not depend on what the test suite happens to hold)."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in sorted([*root.glob("bench/*.py"), *root.glob("harness/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            offenders += [
+                f"{path.relative_to(root)}:{node.lineno} {n}"
+                for n in names
+                if n == "tests" or n.startswith("tests.")
+            ]
+    assert offenders == []
