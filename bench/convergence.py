@@ -37,13 +37,13 @@ import structlog
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the engine lives in harness/
 
+from harness import convergence as conv  # noqa: E402
 from harness.convex_emulator import (  # noqa: E402
     EXAMPLE_FUNCTIONS,
     OFFICIAL_FUNCTIONS,
     ConvexEmulator,
 )
 from harness.factories import FORWARD_SECRET  # noqa: E402
-from harness import convergence as conv  # noqa: E402
 
 PROFILES = (  # (label, disorder, outages)
     ("shuffled arrivals, outages", "shuffle", True),

@@ -1,31 +1,40 @@
-"""HTTP egress against real loopback servers that misbehave: slow, huge or echoing secrets.
+"""HTTP egress: what is sent (bytes, signatures, routes), and real loopback servers
+that misbehave: slow, huge, hanging up or echoing secrets.
 
-The peers are plain sockets on loopback (the stand-in Convex cannot misbehave at the
-byte level); the Deliverer and the worker are the real ones.
+The misbehaving peers are plain sockets on loopback (the stand-in Convex cannot
+misbehave at the byte level); the Deliverer and the worker are the real ones. How a
+reply is read is pinned with a fake transport at the network edge.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import random
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
+from svix.webhooks import Webhook
 
 from harness.convex_standin import ConvexStandIn
-from harness.factories import make_event
+from harness.factories import FORWARD_SECRET, make_event
 from relay.delivery.deliverer import REPLY_READ_BYTES, Deliverer, Request
+from relay.delivery.transport import ConnectionFailed, TimedOut, TransportError
 from relay.delivery.worker import Worker
 from relay.models import Status
 from relay.redact import REDACTED
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
+from tests.support.fake_transport import failing, replying
+from tests.support.workers import KEY, Clock, make_worker, mutation_worker
 
 DEPLOY_KEY = "prod:happy-otter-123|eyJ2MiI6ImFiY2RlZmdoaWprbG1ub3AifQ=="
 
@@ -294,3 +303,302 @@ def test_secrets_echoed_by_convex_never_reach_the_store_api_or_log(
     assert REDACTED in (event.last_error or "")
     for part in (DEPLOY_KEY, DEPLOY_KEY.split("|")[1], "eyJ2MiI6"):
         assert part not in shown
+
+
+# -- what is sent, and how transport failures end (moved from test_worker.py) ---------------
+
+
+def test_http_action_gets_original_bytes_id_and_fresh_signature(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """The HTTP action receives Clerk's body unchanged, Clerk's svix-id, and a new signature."""
+    event = make_event("user.created", event_id="msg_orig")
+    store.insert(event)
+    assert make_worker(settings, store, convex).run_once() == 1
+    [got] = convex.received
+    assert got.status == 200 and got.body == event.body
+    assert got.headers["svix-id"] == "msg_orig"
+    # The signature is by the forward secret, made now, not Clerk's original.
+    Webhook(FORWARD_SECRET).verify(got.body, got.headers)
+    assert abs(int(got.headers["svix-timestamp"]) - datetime.now(UTC).timestamp()) < 60
+    stored = store.get("msg_orig")
+    assert stored is not None and stored.status == Status.DELIVERED
+
+
+def test_event_days_old_is_accepted_by_convex(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """An event received three days ago still passes Convex's 5-minute svix check."""
+    three_days_ms = 3 * 86400 * 1000
+    old = make_event(
+        "user.created",
+        event_id="msg_old",
+        received_at_ms=int(datetime.now(UTC).timestamp() * 1000) - three_days_ms,
+    )
+    store.insert(old)
+    make_worker(settings, store, convex).run_once()
+    assert convex.received[0].status == 200
+    assert convex.delivered == ["msg_old"]
+
+
+def test_every_attempt_is_signed_at_its_own_time(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """A retry carries the worker's clock at send time and a signature over it."""
+    clock = Clock()
+    event = make_event("user.created", event_id="msg_late")
+    store.insert(event)
+    convex.fail_next(1, 503)
+    worker = make_worker(settings, store, convex, clock=clock)
+    worker.run_once()
+    clock.now += 86400
+    worker.run_once()
+    first, second = convex.received
+    assert int(second.headers["svix-timestamp"]) == int(clock.now)
+    expected = Webhook(FORWARD_SECRET).sign(
+        "msg_late", datetime.fromtimestamp(int(clock.now), UTC), event.body.decode()
+    )
+    assert second.headers["svix-signature"] == expected != first.headers["svix-signature"]
+
+
+def test_mutation_target_uses_template_routes_and_deploy_key(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """user.created -> users:upsertFromClerk {data}; user.deleted -> deleteFromClerk."""
+    store.insert(make_event("user.created", event_id="msg_c", entity_id="user_9", timestamp=1))
+    store.insert(make_event("user.deleted", event_id="msg_d", entity_id="user_9", timestamp=2))
+    worker = mutation_worker(settings, store, convex)
+    worker.run_once()
+    worker.run_once()
+    create, delete = (r.json() for r in convex.received)
+    assert create["path"] == "users:upsertFromClerk" and create["format"] == "json"
+    assert create["args"]["data"]["id"] == "user_9"
+    assert delete == {
+        "path": "users:deleteFromClerk",
+        "args": {"clerkUserId": "user_9"},
+        "format": "json",
+    }
+    assert convex.received[0].headers["authorization"] == f"Convex {KEY}"
+
+
+def test_normalized_mutation_sends_event_args(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """RELAY_PAYLOAD=normalized sends {event: <normalized>} with camelCase data."""
+    store.insert(
+        make_event(
+            "user.updated", event_id="msg_n", entity_id="user_5", first_name="Ada", last_name=None
+        )
+    )
+    mutation_worker(settings, store, convex, payload="normalized").run_once()
+    args = convex.received[0].json()["args"]
+    assert set(args) == {"event"}
+    ev = args["event"]
+    assert (ev["id"], ev["type"], ev["entityId"], ev["object"]) == (
+        "msg_n",
+        "user.updated",
+        "user_5",
+        "user",
+    )
+    assert ev["data"]["firstName"] == "Ada" and ev["data"]["name"] == "Ada"
+
+
+def test_raw_mutation_escapes_unsafe_metadata_keys(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """Raw mode on the function API escapes keys Convex rejects instead of failing inside it."""
+    store.insert(
+        make_event("user.updated", event_id="msg_k", public_metadata={"$plan": "pro", "naïve": 1})
+    )
+    mutation_worker(settings, store, convex).run_once()
+    meta = convex.received[0].json()["args"]["data"]["public_metadata"]
+    assert "$plan" not in meta and all(k.isascii() for k in meta)
+    assert sorted(map(str, meta.values())) == ["1", "pro"]
+
+
+def test_timeout_is_retried(settings: Settings, store: SQLiteStore, convex: ConvexStandIn) -> None:
+    """A Convex that does not answer within the attempt timeout is retried."""
+    store.insert(make_event(event_id="msg_1"))
+    convex.script.hang_s = 1.5
+    make_worker(settings, store, convex, delivery_timeout_s=0.3).run_once()
+    convex.script.hang_s = 0
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.PENDING
+    assert event.attempts[0].error == "timed out"
+
+
+def test_connection_refused_is_retried(settings: Settings, store: SQLiteStore) -> None:
+    """Convex down (nothing listening) is a retry, not a failure."""
+    store.insert(make_event(event_id="msg_1"))
+    s = settings.with_overrides(convex_site_url="http://127.0.0.1:9", retry_schedule_s=(5.0,))
+    Worker(s, store, rng=random.Random(1)).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.PENDING
+    assert event.last_error == "connection failed"
+
+
+def test_redirect_is_not_followed(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    """A 3xx means a misconfigured URL: recorded as the answer, never followed."""
+    store.insert(make_event(event_id="msg_1"))
+    convex.fail_next(1, 307)
+    make_worker(settings, store, convex).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status != Status.DELIVERED
+    assert event.attempts[0].status_code == 307
+    assert len(convex.received) == 1
+
+
+def test_attempt_names_the_relay_in_its_user_agent(
+    settings: Settings, store: SQLiteStore, convex: ConvexStandIn
+) -> None:
+    store.insert(make_event(event_id="msg_1"))
+    make_worker(settings, store, convex).run_once()
+    assert convex.received[0].headers["user-agent"].startswith("clerk-convex-relay/")
+
+
+@contextmanager
+def raw_server(handle: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A loopback TCP server that hands each connection to ``handle``; yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    handle(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+def test_connection_closed_without_answer_is_retried(
+    settings: Settings, store: SQLiteStore
+) -> None:
+    """A peer that reads the request and hangs up is a transport failure, retried."""
+    store.insert(make_event(event_id="msg_1"))
+
+    def hang_up(conn: socket.socket) -> None:
+        conn.recv(65536)
+
+    with raw_server(hang_up) as url:
+        s = settings.with_overrides(convex_site_url=url, retry_schedule_s=(5.0,))
+        Worker(s, store, rng=random.Random(1)).run_once()
+    event = store.get("msg_1")
+    assert event is not None and event.status == Status.PENDING
+    assert event.last_error == "connection failed"
+
+
+def test_proxy_from_the_environment_is_used_unless_no_proxy(
+    settings: Settings, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY carries deliveries (absolute-form request line); NO_PROXY bypasses it."""
+    lines: list[bytes] = []
+
+    def proxy(conn: socket.socket) -> None:
+        lines.append(conn.recv(65536).split(b"\r\n", 1)[0])
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+
+    store.insert(make_event(event_id="msg_1"))
+    s = settings.with_overrides(convex_site_url="http://convex.invalid", retry_schedule_s=(5.0,))
+    with raw_server(proxy) as url:
+        for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", url)
+        Worker(s, store, rng=random.Random(1)).run_once()
+        assert lines == [b"POST http://convex.invalid/clerk-users-webhook HTTP/1.1"]
+        store.insert(make_event(event_id="msg_2", entity_id="user_2"))
+        monkeypatch.setenv("no_proxy", "convex.invalid")
+        Worker(s, store, rng=random.Random(1)).run_once()
+    assert len(lines) == 1
+    assert store.get("msg_1").status == Status.DELIVERED  # type: ignore[union-attr]
+    second = store.get("msg_2")
+    assert second is not None and second.last_error == "connection failed"
+
+
+# -- reading replies, with a fake transport at the network edge -------------------------------
+
+
+class Ticks:
+    """A monotonic clock that moves 12.5 ms each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        self.now += 0.0125
+        return self.now
+
+
+def test_a_reply_is_read_into_a_response(settings: Settings) -> None:
+    """Status, Retry-After (any header case), a redacted excerpt, and the attempt's
+    duration on the injected monotonic clock."""
+    body = b'{"message": "overloaded, key Convex ' + DEPLOY_KEY.encode() + b'"}'
+    transport = replying(503, body, {"RETRY-AFTER": "7"})
+    s = settings.with_overrides(
+        target="mutation", convex_url="http://convex.invalid", convex_deploy_key=DEPLOY_KEY
+    )
+    response = Deliverer(s, transport, monotonic=Ticks()).send(_request("http://convex.invalid"))
+    assert response.status_code == 503 and response.retry_after == "7"
+    assert response.excerpt == f"overloaded, key Convex {REDACTED}"
+    assert response.duration_ms == pytest.approx(12.5)
+    assert response.transport_error is None and len(transport.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (ConnectionFailed(), "connection failed"),
+        (TimedOut(), "timed out"),
+        (TransportError("SomethingOdd"), "SomethingOdd"),
+    ],
+    ids=["connection-failed", "timed-out", "other"],
+)
+def test_a_failure_on_the_way_is_a_response_without_status(
+    settings: Settings, error: TransportError, reason: str
+) -> None:
+    """The Deliverer never raises for HTTP trouble: the transport's error is the reason."""
+    d = Deliverer(settings, failing(error))
+    got = d.send(_request("http://convex.invalid"))
+    assert (got.status_code, got.transport_error, got.excerpt) == (None, reason, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "whole", "convex_status"),
+    [
+        (b'{"status":"success","value":null}', True, "success"),
+        (b'{"status":"error","errorMessage":"boom"}', True, "error"),
+        (b"<html>not convex</html>", True, "error"),
+        (b'{"status":"success","value":"' + b"x" * 100, False, "success"),
+        (b'{"value":"' + b"x" * 100, False, "error"),
+    ],
+    ids=["success", "error", "not-json", "cut-success", "cut-without-status"],
+)
+def test_a_function_reply_is_judged_by_its_status(
+    settings: Settings, body: bytes, whole: bool, convex_status: str
+) -> None:
+    """A function-API 200 carries Convex's status; a reply cut at the read cap is judged
+    by its leading status field, anything else is an error."""
+    s = settings.with_overrides(
+        target="mutation", convex_url="http://convex.invalid", convex_deploy_key=DEPLOY_KEY
+    )
+    d = Deliverer(s, replying(200, body, whole=whole))
+    request = Request("http://convex.invalid/api/mutation", {}, b"{}", function="users:upsert")
+    response = d.send(request)
+    assert response.convex_status == convex_status
+    assert (response.excerpt is None) is (convex_status == "success")
+
+
+def test_the_prepared_request_is_what_the_transport_gets(settings: Settings) -> None:
+    """The transport is handed the signed request as prepared, nothing added or lost."""
+    transport = replying(200)
+    d = Deliverer(settings, transport)
+    request = d.prepare(make_event("user.created", event_id="msg_seen"))
+    assert d.send(request).status_code == 200
+    assert transport.requests == [request]
+    assert request.headers["svix-id"] == "msg_seen"

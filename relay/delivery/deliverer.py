@@ -9,8 +9,9 @@ Two targets (``RELAY_TARGET``):
 * ``mutation``: ``POST {CONVEX_URL}/api/mutation`` with ``Authorization: Convex <key>``;
   a 200 reply whose JSON says ``"status": "error"`` is a function error.
 
-This module only talks HTTP and reports what happened; :mod:`relay.delivery.outcome` decides
-what it means and :mod:`relay.delivery.worker` records it.
+This module builds requests and reads replies; :mod:`relay.delivery.transport` moves the
+bytes (injected, so tests can stand in for the network), :mod:`relay.delivery.outcome`
+decides what a reply means and :mod:`relay.delivery.recorder` writes it down.
 """
 
 from __future__ import annotations
@@ -18,18 +19,17 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
 from typing import Any
-from urllib.parse import urlsplit
 
-import urllib3
 from svix.webhooks import Webhook
 
 from relay.convex_values import convex_safe
-from relay.delivery.deadline import POOL_CLASSES, Watchdog, track_connections
+from relay.delivery.transport import REPLY_READ_BYTES as REPLY_READ_BYTES
+from relay.delivery.transport import PooledTransport, Transport, TransportError
+from relay.delivery.transport import Request as Request
 from relay.models import Event
 from relay.normalize import normalize_event
 from relay.redact import redact_text
@@ -37,21 +37,6 @@ from relay.settings import Settings
 
 #: Kept from a failing response for the attempts log: enough to diagnose, never a payload dump.
 ERROR_EXCERPT_CHARS = 500
-#: Most of a reply ever read: classification needs Convex's leading ``"status"`` and an
-#: excerpt. The rest is never read; its connection is dropped instead of drained, so a
-#: 100 MB reply costs 8 KiB of memory, not 200 MB.
-REPLY_READ_BYTES = 8 * 1024
-USER_AGENT = f"clerk-convex-relay/{version('clerk-convex-relay')}"
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One prepared attempt. ``headers`` may hold credentials: never log it."""
-
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    function: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,18 +58,27 @@ class NoRoute(Exception):
 class Deliverer:
     """Builds and sends attempts for one configured target; thread-safe."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport | None = None,
+        *,
+        monotonic: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """``transport`` is the network edge (default: pooled urllib3 connections under
+        the ``RELAY_DELIVERY_TIMEOUT`` deadline); ``monotonic`` times each attempt."""
         settings.require_delivery()
         self.settings = settings
         self.target_url = settings.target_url
         self._signer = Webhook(settings.forward_secret) if settings.forward_secret else None
-        self._http = _connection_pool(self.target_url, settings.concurrency)
-        # RELAY_DELIVERY_TIMEOUT bounds the whole attempt (connect, send, every read):
-        # the watchdog ends it at the deadline; urllib3's own timeouts are per step.
-        self._timeout = urllib3.Timeout(
-            connect=settings.delivery_timeout_s, read=settings.delivery_timeout_s
-        )
-        self._watchdog = Watchdog()
+        if transport is None:
+            transport = PooledTransport(
+                self.target_url,
+                pool_size=settings.concurrency,
+                timeout_s=settings.delivery_timeout_s,
+            )
+        self._transport = transport
+        self._monotonic = monotonic
         # Upstream text is redacted where it enters the relay (here), so the attempts
         # log, lastError, the admin API and every log line only ever see the result.
         self._secrets = tuple(
@@ -96,8 +90,6 @@ class Deliverer:
             )
             if s
         )
-        # A pool of our own is asked for the path; a proxy needs the whole URL.
-        self._absolute = isinstance(self._http, urllib3.ProxyManager)
 
     def prepare(self, event: Event, *, now: datetime | None = None) -> Request:
         """The request for one attempt; raises NoRoute or UnsafeValueError."""
@@ -152,68 +144,32 @@ class Deliverer:
     def send(self, request: Request) -> Response:
         """Send one attempt, all of it within ``RELAY_DELIVERY_TIMEOUT``; never raises for
         HTTP trouble."""
-        started = time.perf_counter()
-        with self._watchdog.attempt(self.settings.delivery_timeout_s) as attempt:
-            try:
-                reply = self._http.urlopen(
-                    "POST",
-                    request.url if self._absolute else _request_target(request.url),
-                    body=request.body,
-                    headers={"user-agent": USER_AGENT, **request.headers},
-                    timeout=self._timeout,
-                    retries=False,  # the worker's schedule retries, with backoff, from the rows
-                    redirect=False,  # a redirect is a misconfigured URL, not a success
-                    preload_content=False,  # read below, at most REPLY_READ_BYTES
-                )
-                content, whole = _read_head(reply)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                reason = "timed out" if attempt.expired else _transport_reason(exc)
-                return Response(None, _ms(started), transport_error=reason)
-            if attempt.expired:  # the cut-off socket read as an early end of the body
-                return Response(None, _ms(started), transport_error="timed out")
-        duration = _ms(started)
+        started = self._monotonic()
+        try:
+            reply = self._transport.send(request)
+        except TransportError as exc:
+            return Response(None, self._ms_since(started), transport_error=str(exc))
+        duration = self._ms_since(started)
         convex_status = None
         if request.function is not None and reply.status == 200:
-            convex_status = _convex_status(content, whole=whole)
+            convex_status = _convex_status(reply.body, whole=reply.whole)
         ok = 200 <= reply.status < 300 and convex_status != "error"
-        excerpt = None if ok else redact_text(_excerpt(content), self._secrets)
-        retry_after = reply.headers.get("Retry-After")
+        excerpt = None if ok else redact_text(_excerpt(reply.body), self._secrets)
+        retry_after = _header(reply.headers, "Retry-After")
         return Response(reply.status, duration, convex_status, retry_after, None, excerpt)
 
-
-def _connection_pool(url: str, size: int) -> urllib3.HTTPConnectionPool | urllib3.ProxyManager:
-    """Kept-alive connections to the one target, one per delivery slot.
-
-    urllib3 directly rather than requests: the target never changes, and a requests
-    Session re-reads proxy settings and ``~/.netrc`` on every call, which cost about
-    twice the CPU of the attempt itself (measured on the 2-core VM: ~440 against
-    ~160 us per delivery). Proxy variables (``HTTPS_PROXY``, ``NO_PROXY`` ...) are
-    honoured as requests did, read once here.
-    """
-    parts = urlsplit(url)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
-        manager = urllib3.ProxyManager(proxy, num_pools=1, maxsize=size)
-        track_connections(manager)
-        return manager
-    pool_class = POOL_CLASSES[parts.scheme]
-    return pool_class(parts.hostname or "", parts.port, maxsize=size)
+    def _ms_since(self, started: float) -> float:
+        return (self._monotonic() - started) * 1000.0
 
 
-def _read_head(reply: urllib3.BaseHTTPResponse) -> tuple[bytes, bool]:
-    """At most REPLY_READ_BYTES of the body, and whether that was all of it. A longer
-    body's connection is closed rather than drained (or kept)."""
-    content = reply.read(REPLY_READ_BYTES + 1, decode_content=True)
-    if len(content) <= REPLY_READ_BYTES:
-        reply.release_conn()
-        return content, True
-    reply.close()  # the unread rest goes with the connection...
-    reply.release_conn()  # ...whose pool slot is free again (a closed one reconnects)
-    return content[:REPLY_READ_BYTES], False
-
-
-def _ms(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header by its case-insensitive name. urllib3's headers look it up that way
+    themselves (joining repeats); a plain dict (a test's transport) is searched."""
+    value = headers.get(name)
+    if value is None:
+        lower = name.lower()
+        value = next((v for key, v in headers.items() if key.lower() == lower), None)
+    return value
 
 
 #: Convex's function API puts ``status`` first: ``{"status":"success","value":...}``.
@@ -243,26 +199,3 @@ def _excerpt(content: bytes) -> str:
             if isinstance(value.get(key), str):
                 return str(value[key])[:ERROR_EXCERPT_CHARS]
     return text[:ERROR_EXCERPT_CHARS]
-
-
-def _request_target(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
-
-
-_CONNECTION_FAILED = (
-    urllib3.exceptions.NewConnectionError,  # refused, unresolvable (a ConnectTimeoutError!)
-    urllib3.exceptions.ProtocolError,  # reset or closed mid-request
-    urllib3.exceptions.SSLError,
-    urllib3.exceptions.ProxyError,
-)
-
-
-def _transport_reason(exc: Exception) -> str:
-    if isinstance(exc, _CONNECTION_FAILED):
-        return "connection failed"
-    if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError):  # raised by the socket itself while reading the body
-        return "connection failed"
-    return type(exc).__name__
