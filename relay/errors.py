@@ -17,6 +17,10 @@
     │   └── StoreUnavailable  503   the store could not commit; nothing was acknowledged
     ├── StoreError                  the store failed (disk full, locked, connection lost)
     ├── UnsafeValueError            a payload cannot be made a valid Convex value
+    ├── NoRoute                     an event type no RELAY_ROUTES entry sends (mutation target)
+    ├── TransportError              a delivery attempt got no reply; ``str()`` says why
+    │   ├── ConnectionFailed        refused, unresolvable, reset or cut short
+    │   └── TimedOut                RELAY_DELIVERY_TIMEOUT passed before the reply
     ├── ClerkAPIError               Clerk's Backend API refused or kept failing (reconcile)
     └── ConvexQueryError            Convex's state could not be read (reconcile)
 
@@ -157,3 +161,25 @@ class ConvexQueryError(RelayError):
         #: The deployment has no such query (e.g. Convex's official template).
         self.missing_function = missing_function
         super().__init__(detail)
+
+
+class NoRoute(RelayError):
+    """The event type is not routed to any Convex function (the worker skips it)."""
+
+
+class TransportError(RelayError):
+    """No reply: the attempt failed on the way. ``str(exc)`` is the attempts log's reason."""
+
+
+class ConnectionFailed(TransportError):
+    """Refused, unresolvable, reset or closed before a whole reply arrived."""
+
+    def __init__(self, reason: str = "connection failed") -> None:
+        super().__init__(reason)
+
+
+class TimedOut(TransportError):
+    """The attempt's deadline (``RELAY_DELIVERY_TIMEOUT``) passed before the reply."""
+
+    def __init__(self, reason: str = "timed out") -> None:
+        super().__init__(reason)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from relay import metrics
-from relay.delivery.deliverer import Deliverer, NoRoute
+from relay.delivery.deliverer import Deliverer
 from relay.delivery.outcome import Verdict, classify
 from relay.delivery.retry import next_delay_s, parse_retry_after
 from relay.delivery.target import TargetHealthTracker
-from relay.errors import UnsafeValueError
+from relay.errors import NoRoute, UnsafeValueError
 from relay.models import Attempt, Event, Outcome, Status, matches_any
 from relay.settings import Settings
 

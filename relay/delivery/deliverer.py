@@ -28,8 +28,9 @@ from svix.webhooks import Webhook
 
 from relay.convex_values import convex_safe
 from relay.delivery.transport import REPLY_READ_BYTES as REPLY_READ_BYTES
-from relay.delivery.transport import PooledTransport, Transport, TransportError
+from relay.delivery.transport import PooledTransport, Transport
 from relay.delivery.transport import Request as Request
+from relay.errors import NoRoute, TransportError
 from relay.models import Event
 from relay.normalize import normalize_event
 from relay.redact import redact_text
@@ -49,10 +50,6 @@ class Response:
     retry_after: str | None = None
     transport_error: str | None = None
     excerpt: str | None = None
-
-
-class NoRoute(Exception):
-    """The event type is not routed to any Convex function."""
 
 
 class Deliverer:

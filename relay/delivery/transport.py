@@ -19,6 +19,19 @@ from urllib.parse import urlsplit
 import urllib3
 
 from relay.delivery.deadline import POOL_CLASSES, Watchdog, track_connections
+from relay.errors import ConnectionFailed, TimedOut, TransportError
+
+# The transport's errors live in the relay's one error tree; named here too, since a
+# fake transport raises them.
+__all__ = [
+    "ConnectionFailed",
+    "PooledTransport",
+    "Reply",
+    "Request",
+    "TimedOut",
+    "Transport",
+    "TransportError",
+]
 
 #: Most of a reply ever read: classification needs Convex's leading ``"status"`` and an
 #: excerpt. The rest is never read; its connection is dropped instead of drained, so a
@@ -48,24 +61,6 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     whole: bool = True
-
-
-class TransportError(Exception):
-    """No reply: the attempt failed on the way. ``str(exc)`` is the attempts log's reason."""
-
-
-class ConnectionFailed(TransportError):
-    """Refused, unresolvable, reset or closed before a whole reply arrived."""
-
-    def __init__(self, reason: str = "connection failed") -> None:
-        super().__init__(reason)
-
-
-class TimedOut(TransportError):
-    """The attempt's deadline (``RELAY_DELIVERY_TIMEOUT``) passed before the reply."""
-
-    def __init__(self, reason: str = "timed out") -> None:
-        super().__init__(reason)
 
 
 class Transport(Protocol):
