@@ -98,8 +98,8 @@ class RecordingPostgresStore(PostgresStore):
     recorder: Recorder
 
     @contextlib.contextmanager
-    def _tx(self, timeout_s: float | None = None, *, pipelined: bool = False) -> Iterator[Any]:
-        with super()._tx(timeout_s, pipelined=pipelined) as conn:
+    def _tx(self, timeout_s: float | None = None) -> Iterator[Any]:
+        with super()._tx(timeout_s) as conn:
             yield RecordingConnection(conn, self.recorder)
 
 

@@ -84,11 +84,20 @@ class Recorder:
     def complete(self, event_id: str, attempt: Attempt, outcome: Outcome, deadline_ms: int) -> bool:
         """Write one attempt's outcome, retrying until ``deadline_ms``; False if the
         lease was lost (another worker owns the event now)."""
-        if self._thread is None:
-            return self._complete_many([(event_id, attempt, outcome)], deadline_ms)[0]
-        job = _Job(future=Future(), outcome=(event_id, attempt, outcome), deadline_ms=deadline_ms)
-        kept: bool = self._submit(job)
+        kept: bool = self.complete_later(event_id, attempt, outcome, deadline_ms).result()
         return kept
+
+    def complete_later(
+        self, event_id: str, attempt: Attempt, outcome: Outcome, deadline_ms: int
+    ) -> Future[bool]:
+        """:meth:`complete` without waiting: the future says whether the lease was kept
+        (or holds the write's last error). Not started, it is written before returning."""
+        job = _Job(future=Future(), outcome=(event_id, attempt, outcome), deadline_ms=deadline_ms)
+        if self._thread is None:
+            self._write_batch([job])
+        else:
+            self._jobs.put(job)
+        return job.future
 
     def release(self, event_id: str, now_ms: int) -> None:
         """Give a claimed event back without an outcome (its attempt crashed)."""

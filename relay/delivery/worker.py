@@ -15,6 +15,7 @@ burst pacing in :mod:`~relay.delivery.pacing`, target health in
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import random
 import signal
@@ -29,7 +30,7 @@ from types import FrameType
 import structlog
 
 from relay import metrics
-from relay.delivery.attempt import Attempter
+from relay.delivery.attempt import Attempter, AttemptResult
 from relay.delivery.deliverer import Deliverer
 from relay.delivery.pacing import BurstPacing
 from relay.delivery.recorder import Recorder
@@ -86,6 +87,8 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._in_flight: set[Future[None]] = set()
+        #: Outcomes handed to the recorder and not yet written, at most RELAY_CONCURRENCY.
+        self._unwritten = threading.BoundedSemaphore(settings.concurrency)
         self._lock = threading.Lock()
         self._next_due_ms = _NEVER_MS  # earliest retry this worker scheduled itself
         # Deliveries at the lowest CPU priority (relay serve) while claims and outcome
@@ -252,12 +255,29 @@ class Worker:
     def _deliver(self, event: Event) -> None:
         result = self.attempter.attempt(event)
         attempt, outcome = result.attempt, result.outcome
-        # Retried for at most half a lease: the other half covers the attempt itself.
-        deadline_ms = self.now_ms() + self.lease_ms // 2
-        kept = self.recorder.complete(event.id, attempt, outcome, deadline_ms)
         if outcome.next_attempt_at_ms is not None:
             with self._lock:  # wake for our own retry instead of waiting for the next poll
                 self._next_due_ms = min(self._next_due_ms, outcome.next_attempt_at_ms)
+        # The slot is free once the outcome is handed over: the next attempt need not
+        # wait for this one's write (a round trip on PostgreSQL). At most
+        # RELAY_CONCURRENCY outcomes wait unwritten; the event stays leased until its
+        # outcome is committed, so its object's next event waits for the write.
+        self._unwritten.acquire()
+        # Retried for at most half a lease: the other half covers the attempt itself.
+        deadline_ms = self.now_ms() + self.lease_ms // 2
+        context = contextvars.copy_context()  # the log line keeps event_id and type
+        written = self.recorder.complete_later(event.id, attempt, outcome, deadline_ms)
+        written.add_done_callback(lambda done: context.run(self._written, event, result, done))
+
+    def _written(self, event: Event, result: AttemptResult, written: Future[bool]) -> None:
+        """An outcome's write finished (on the recorder's thread): count it and log it."""
+        self._unwritten.release()
+        attempt, outcome = result.attempt, result.outcome
+        try:
+            kept = written.result()
+        except Exception:  # retried until half the lease was gone: the lease expires
+            log.exception("delivery_crashed")
+            return
         metrics.DELIVERIES.labels(outcome=attempt.outcome).inc()
         next_in_s = result.next_attempt_in_s
         log.info(

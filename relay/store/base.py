@@ -58,7 +58,7 @@ class SQLStoreBase(RunsAndLeases):
         claimed: list[Event] = []
         for round_index in range(ordering.MAX_SCAN_ROUNDS):
             batch = ordering.batch_size(round_index, limit - len(claimed))
-            with self._claim_tx() as conn:
+            with self._tx() as conn:
                 read, mine = self._claim_candidates(conn, now_ms, batch)
                 if not read:
                     break
@@ -72,10 +72,6 @@ class SQLStoreBase(RunsAndLeases):
             if len(claimed) >= limit or not ordering.look_again(decision, read, batch):
                 break
         return claimed
-
-    def _claim_tx(self) -> AbstractContextManager[Any]:
-        """The transaction of one claim round (a backend may pipeline it)."""
-        return self._tx()
 
     def _claim_candidates(self, conn: Any, now_ms: int, batch: int) -> tuple[int, list[Event]]:
         """Due rows in claim order (at most ``batch``): how many were read, and
