@@ -12,6 +12,8 @@ from typing import Any
 
 import psycopg
 
+from relay.store import sql
+
 #: Advisory lock key (one bigint) held while migrating: "relaymig" in ASCII.
 MIGRATION_LOCK_KEY = 0x72656C61796D6967
 
@@ -193,20 +195,8 @@ def apply_migrations(conn: psycopg.Connection[Any]) -> list[int]:
         # Taken before the bookkeeping table exists: two instances creating it at
         # once would otherwise race on the catalog (duplicate pg_type entry).
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS relay_schema_migrations"
-            " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
-        )
-        done = {r[0] for r in conn.execute("SELECT version FROM relay_schema_migrations")}
-        applied = []
-        for version, ddl in MIGRATIONS:
-            if version in done:
-                continue
-            conn.execute(ddl)  # no parameters, so several statements are allowed
-            conn.execute(
-                "INSERT INTO relay_schema_migrations (version, applied_at)"
-                " VALUES (%s, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
-                (version,),
-            )
-            applied.append(version)
-    return applied
+        (now_ms,) = conn.execute(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+        ).fetchall()[0]
+        # Each step's DDL has no parameters, so several statements are allowed in it.
+        return sql.apply_steps(conn, MIGRATIONS, conn.execute, ph="%s", now_ms=now_ms)

@@ -7,7 +7,7 @@ Both SQLite and PostgreSQL speak the statements here (row-value comparisons,
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from relay.models import Attempt, Event, EventFilter, NewEvent, Status
@@ -195,3 +195,32 @@ def replayable_statuses(flt: EventFilter, *, force: bool) -> list[str]:
     if flt.statuses:
         allowed &= set(flt.statuses)
     return sorted(map(str, allowed))
+
+
+def apply_steps(
+    conn: Any,
+    steps: Sequence[tuple[int, str]],
+    run: Callable[[str], object],
+    *,
+    ph: str,
+    now_ms: int,
+) -> list[int]:
+    """The numbered migrations of either backend: create the bookkeeping table, then run
+    (with ``run``) and record every step not yet recorded, in order; returns the
+    versions applied. The caller holds the transaction (and any lock) around it."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS relay_schema_migrations"
+        " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+    )
+    done = {r[0] for r in conn.execute("SELECT version FROM relay_schema_migrations")}
+    applied = []
+    for version, ddl in steps:
+        if version in done:
+            continue
+        run(ddl)
+        conn.execute(
+            f"INSERT INTO relay_schema_migrations (version, applied_at) VALUES ({ph}, {ph})",
+            (version, now_ms),
+        )
+        applied.append(version)
+    return applied

@@ -14,6 +14,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from relay.store import sql
+
 #: ``(version, DDL)`` in the order they are applied.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
@@ -154,23 +156,12 @@ def apply_migrations(conn: sqlite3.Connection) -> list[int]:
 
     ``conn`` must already be inside a write transaction (``BEGIN IMMEDIATE``).
     """
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS relay_schema_migrations"
-        " (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
-    )
-    done = {r[0] for r in conn.execute("SELECT version FROM relay_schema_migrations")}
-    applied = []
-    for version, ddl in MIGRATIONS:
-        if version in done:
-            continue
+
+    def run(ddl: str) -> None:
         for statement in _statements(ddl):
             conn.execute(statement)
-        conn.execute(
-            "INSERT INTO relay_schema_migrations (version, applied_at) VALUES (?, ?)",
-            (version, int(time.time() * 1000)),
-        )
-        applied.append(version)
-    return applied
+
+    return sql.apply_steps(conn, MIGRATIONS, run, ph="?", now_ms=int(time.time() * 1000))
 
 
 def _statements(ddl: str) -> list[str]:
