@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,51 @@ def test_running_worker_writes_outcomes_on_its_recorder_thread(
     assert sorted(convex.delivered) == [f"msg_{n:02d}" for n in range(12)]
     assert sum(store.batches) == 12
     assert store.writers == {"relay-record"}
+
+
+class HeldWritesStore(SQLiteStore):
+    """A real SQLite store whose outcome writes wait until the test lets them through."""
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.open = threading.Event()
+
+    def complete_many(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert self.open.wait(20), "the test never let the writes through"
+        return super().complete_many(*args, **kwargs)
+
+
+def test_a_slot_is_free_once_its_outcome_is_handed_over_and_at_most_concurrency_wait(
+    settings: Settings, tmp_path: Path, convex: ConvexStandIn
+) -> None:
+    """With writes held, a worker of concurrency 2 hands 2 outcomes to the recorder,
+    frees their slots and sends 2 more attempts, which then wait for room: 4 sent, none
+    written. Let through, every event is written once; none is sent twice."""
+    store = seeded(HeldWritesStore, tmp_path / "held.db", 6)
+    worker = make_worker(settings, store, convex, concurrency=2)
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: len(convex.delivered) == 4, 10, "4 attempts sent")
+        # Nothing else goes out while the writes are held (the two newest attempts
+        # hold the slots, waiting for room among the unwritten outcomes).
+        assert not wait_until_or_none(lambda: len(convex.delivered) > 4, 0.5)
+        assert store.counts().get("delivered", 0) == 0
+        store.open.set()
+        wait_until(lambda: store.counts().get("delivered") == 6, 10, "6 deliveries")
+    finally:
+        store.open.set()
+        worker.stop()
+        runner.join(timeout=10)
+    assert sorted(convex.delivered) == [f"msg_{n:02d}" for n in range(6)]
+
+
+def wait_until_or_none(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``predicate`` became true within ``timeout`` seconds (False if not)."""
+    try:
+        return bool(wait_until(predicate, timeout))
+    except AssertionError:
+        return False
 
 
 # -- write retries on the injected clock and sleep -------------------------------------------
