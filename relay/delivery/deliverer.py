@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -152,21 +152,11 @@ class Deliverer:
             convex_status = _convex_status(reply.body, whole=reply.whole)
         ok = 200 <= reply.status < 300 and convex_status != "error"
         excerpt = None if ok else redact_text(_excerpt(reply.body), self._secrets)
-        retry_after = _header(reply.headers, "Retry-After")
+        retry_after = reply.headers.get("Retry-After")
         return Response(reply.status, duration, convex_status, retry_after, None, excerpt)
 
     def _ms_since(self, started: float) -> float:
         return (self._monotonic() - started) * 1000.0
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """A header by its case-insensitive name. urllib3's headers look it up that way
-    themselves (joining repeats); a plain dict (a test's transport) is searched."""
-    value = headers.get(name)
-    if value is None:
-        lower = name.lower()
-        value = next((v for key, v in headers.items() if key.lower() == lower), None)
-    return value
 
 
 #: Convex's function API puts ``status`` first: ``{"status":"success","value":...}``.

@@ -58,7 +58,8 @@ class Reply:
     """
 
     status: int
-    headers: Mapping[str, str] = field(default_factory=dict)
+    #: Looked up by case-insensitive name (urllib3's ``HTTPHeaderDict``, as a real reply has).
+    headers: Mapping[str, str] = field(default_factory=urllib3.HTTPHeaderDict)
     body: bytes = b""
     whole: bool = True
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import urllib3
+
 from relay.delivery.transport import Reply, Request, TransportError
 
 
@@ -27,8 +29,10 @@ class FakeTransport:
 def replying(
     status: int, body: bytes = b"", headers: dict[str, str] | None = None, *, whole: bool = True
 ) -> FakeTransport:
-    """A transport that gives every request the same reply."""
-    return FakeTransport(lambda _request: Reply(status, headers or {}, body, whole))
+    """A transport that gives every request the same reply (its headers looked up by
+    case-insensitive name, as a real reply's are)."""
+    reply = Reply(status, urllib3.HTTPHeaderDict(headers or {}), body, whole)
+    return FakeTransport(lambda _request: reply)
 
 
 def failing(error: TransportError) -> FakeTransport:
