@@ -86,7 +86,7 @@ _APPLY_OUTCOMES = (
     " lease_owner = NULL, lease_expires_at = NULL"
     " FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[], %s::text[], %s::bigint[])"
     " AS v(id, status, charged, next_at, error, delivered_at)"
-    " WHERE e.id = v.id AND e.lease_owner = %s RETURNING e.id, e.object_key"
+    " WHERE e.id = v.id AND e.lease_owner = %s RETURNING e.id"
 )
 #: :func:`relay.store.ordering.unpark_head` for the objects of several completed events,
 #: each at its own time (params: event ids, times). It runs after the outcomes in the
@@ -274,7 +274,7 @@ class PostgresStore(SQLStoreBase):
         with self._tx() as conn:
             self._lock_objects(conn, ids)
             conn.execute(_RECORD_ATTEMPTS, [list(column) for column in zip(*attempts, strict=True)])
-            applied = conn.execute(
+            kept = conn.execute(
                 _APPLY_OUTCOMES,
                 (
                     ids,
@@ -285,11 +285,11 @@ class PostgresStore(SQLStoreBase):
                     [a.at_ms if o.status == Status.DELIVERED else None for _, a, o in results],
                     worker_id,
                 ),
-            )
+            ).fetchall()
             # The object's head may have changed (this one finished, or an older event
             # arrived while it was in flight and was parked).
             conn.execute(_UNPARK_HEADS, (ids, [a.at_ms for _, a, _ in results]))
-        done = {event_id for event_id, _ in applied.fetchall()}
+        done = {event_id for (event_id,) in kept}
         return [event_id in done for event_id in ids]
 
     def _lock_objects(self, conn: Any, event_ids: Sequence[str]) -> None:
