@@ -71,6 +71,8 @@ class Row:
     what: str
     rate: float
     detail: str
+    #: For drains: how many workers, and the stand-in's answer time (the ratios' keys).
+    drain: tuple[int, float] | None = None
 
 
 # -- databases -------------------------------------------------------------------------------
@@ -197,6 +199,7 @@ def measure_drain(
         len(events) / span_s,
         f"{len(events)} pre-inserted events drained in {span_s:.1f} s, first after "
         f"{first_s * 1000:.0f} ms (direct store.insert: {insert_rate:.0f}/s)",
+        (workers, latency_ms),
     )
 
 
@@ -252,16 +255,12 @@ def render(rows: list[Row], elapsed: float, load: float, skipped: str | None) ->
 
 def ratios(rows: list[Row]) -> list[str]:
     """The issue's two ratios, per stand-in latency, from this run's rows."""
-    rate = {(r.backend, r.what): r.rate for r in rows}
+    rate = {(r.backend, *r.drain): r.rate for r in rows if r.drain is not None}
     out = ["| Convex answers in | PostgreSQL / SQLite, 1 worker | 3 PostgreSQL workers / 1 |",
            "| --- | ---: | ---: |"]  # fmt: skip
 
     def drain(backend: str, workers: int, latency: float) -> float | None:
-        what = (
-            f"delivery, {workers} x relay worker (concurrency 4), Convex answers in "
-            f"{latency:.0f} ms"
-        )
-        return rate.get((backend, what))
+        return rate.get((backend, workers, latency))
 
     for latency in (0.0, CONVEX_LATENCY_MS):
         sqlite1 = drain("sqlite", 1, latency)
@@ -290,20 +289,16 @@ def main() -> int:
         for backend in backends:
             rows.append(measure_ingest(backend, tmp, convex, requests_file))
             print(f"{rows[-1].backend}: {rows[-1].what}: {rows[-1].rate:.0f}/s", flush=True)
-        for backend in backends:
-            for workers in WORKER_COUNTS:
-                rows.append(measure_drain(backend, workers, tmp, convex))
-                print(f"{rows[-1].backend}: {rows[-1].what}: {rows[-1].rate:.0f}/s", flush=True)
         rows.append(measure_standin(convex, tmp))
-    with (
-        tempfile.TemporaryDirectory(prefix="relay-bench-") as tmpdir,
-        ingest.standin(CONVEX_LATENCY_MS) as convex,
-    ):
-        for backend in backends:
-            for workers in WORKER_COUNTS:
-                slow = CONVEX_LATENCY_MS
-                rows.append(measure_drain(backend, workers, Path(tmpdir), convex, slow))
-                print(f"{rows[-1].backend}: {rows[-1].what}: {rows[-1].rate:.0f}/s", flush=True)
+    for latency_ms in (0.0, CONVEX_LATENCY_MS):
+        with (
+            tempfile.TemporaryDirectory(prefix="relay-bench-") as tmpdir,
+            ingest.standin(latency_ms) as convex,
+        ):
+            for backend in backends:
+                for workers in WORKER_COUNTS:
+                    rows.append(measure_drain(backend, workers, Path(tmpdir), convex, latency_ms))
+                    print(f"{rows[-1].backend}: {rows[-1].what}: {rows[-1].rate:.0f}/s", flush=True)
     table = render(rows, time.time() - started, load, skipped)
     out = BENCH / "results" / "delivery.md"
     out.parent.mkdir(exist_ok=True)
