@@ -33,7 +33,7 @@ from harness.backlog import Backlog, fill_postgres, fill_sqlite, make_due
 from harness.factories import make_event
 from harness.postgres_server import fresh_schema
 from relay.models import Attempt, EventFilter, Outcome, Status
-from relay.store.postgres import PostgresStore
+from relay.store.postgres import PostgresStore, numbered_placeholders
 from relay.store.sqlite import SQLiteStore
 
 EVENTS = 100_000
@@ -58,11 +58,16 @@ class Recorder:
     """Every statement run through a store's connections, with its first parameters."""
 
     seen: dict[str, Any] = field(default_factory=dict)
+    #: Statements run prepared with a generic plan (PostgreSQL's ``_script``), as seen.
+    generic: set[str] = field(default_factory=set)
 
-    def add(self, statement: str, params: Any) -> None:
+    def add(self, statement: str, params: Any, *, generic: bool = False) -> str:
         text = " ".join(statement.split())
         if not re.match(r"(BEGIN|COMMIT|ROLLBACK|PRAGMA|NOTIFY)\b", text, re.IGNORECASE):
             self.seen.setdefault(text, params)
+            if generic:
+                self.generic.add(text)
+        return text
 
 
 class RecordingConnection:
@@ -101,6 +106,12 @@ class RecordingPostgresStore(PostgresStore):
     def _tx(self, timeout_s: float | None = None) -> Iterator[Any]:
         with super()._tx(timeout_s) as conn:
             yield RecordingConnection(conn, self.recorder)
+
+    def _script(self, conn: Any, statements: Any) -> Any:
+        for statement in statements:
+            if not isinstance(statement, str):
+                self.recorder.add(*statement, generic=True)
+        return super()._script(getattr(conn, "_conn", conn), statements)
 
 
 def run_hot_paths(store: Any, shape: Backlog, raw_due: Callable[[list[int], int], None]) -> None:
@@ -209,6 +220,8 @@ class Big:
     work: Callable[[str, Any], int]
     #: The same measure for one pass over the backlog (see ``full_pass``).
     full_pass: int
+    #: Statements the store ran prepared, with a generic plan (PostgreSQL).
+    generic: set[str] = field(default_factory=set)
 
 
 def sqlite_big(directory: Path) -> Iterator[Big]:
@@ -258,6 +271,24 @@ def sqlite_big(directory: Path) -> Iterator[Big]:
         store.close()
 
 
+def explain_as_run(
+    raw: psycopg.Connection[Any], statement: str, params: Any, options: str, *, generic: bool
+) -> Any:
+    """``EXPLAIN (options)`` of the plan the store runs: for what its ``_script`` sends,
+    the generic plan of a prepared statement; else the custom plan. Returns its row."""
+    if not generic:
+        return raw.execute(f"EXPLAIN ({options}) {statement}", params).fetchone()
+    raw.execute(f"PREPARE plan_check AS {numbered_placeholders(statement)}")
+    raw.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        args = ", ".join(["%s"] * len(params))
+        cur = psycopg.ClientCursor(raw)
+        return cur.execute(f"EXPLAIN ({options}) EXECUTE plan_check({args})", params).fetchone()
+    finally:
+        raw.execute("RESET plan_cache_mode")
+        raw.execute("DEALLOCATE plan_check")
+
+
 def postgres_big() -> Iterator[Big]:
     shape = Backlog("plans", EVENTS, EVENTS // PER_OBJECT, PER_OBJECT, DELIVERED_PER_OBJECT, NOW)
     with fresh_schema() as url:
@@ -270,17 +301,19 @@ def postgres_big() -> Iterator[Big]:
             def raw_due(seqs: list[int], at_ms: int) -> None:
                 make_due(raw, "%s", seqs, at_ms)
 
+            def explained(statement: str, params: Any, options: str) -> Any:
+                generic = statement in store.recorder.generic
+                return explain_as_run(raw, statement, params, options, generic=generic)
+
             def explain(statement: str, params: Any) -> list[str]:
-                row = raw.execute(f"EXPLAIN (FORMAT JSON) {statement}", params).fetchone()
+                row = explained(statement, params, "FORMAT JSON")
                 assert row is not None
                 plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
                 return [json.dumps(plan[0]["Plan"])]
 
             def work(statement: str, params: Any) -> int:
                 with raw.transaction(force_rollback=True):
-                    row = raw.execute(
-                        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}", params
-                    ).fetchone()
+                    row = explained(statement, params, "ANALYZE, BUFFERS, FORMAT JSON")
                 assert row is not None
                 top = row[0][0]["Plan"]  # buffers of a node include its children's
                 return int(top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0))
@@ -293,7 +326,16 @@ def postgres_big() -> Iterator[Big]:
             assert size is not None
             try:
                 yield Big(
-                    "postgres", "%s", store, shape, recorded, raw_due, explain, work, int(size[0])
+                    "postgres",
+                    "%s",
+                    store,
+                    shape,
+                    recorded,
+                    raw_due,
+                    explain,
+                    work,
+                    int(size[0]),
+                    generic=set(store.recorder.generic),
                 )
             finally:
                 store.close()
@@ -384,6 +426,34 @@ def test_every_statement_the_hot_paths_ran_is_checked(big: Big) -> None:
     markers = [m.replace("?", big.ph) for m in {**HOT, **HOT_POSTGRES, **HOT_SQLITE}.values()]
     unlabelled = [s for s in big.recorded if not any(m in s for m in markers)]
     assert unlabelled == []
+
+
+#: What a PostgreSQL worker runs per claim and per completion: prepared once per
+#: connection and run with a generic plan (planning each call cost more than running).
+PREPARED_ON_POSTGRES = (
+    "claim candidates",
+    "claim decision (head, leased, newer delivered)",
+    "claim park",
+    "claim lease",
+    "complete: object locks",
+    "complete: attempt log",
+    "complete: outcome",
+    "complete: unpark heads, one statement",
+)
+
+
+def test_postgres_claims_and_completions_run_prepared_with_generic_plans(big: Big) -> None:
+    """The plans checked below for these are the generic plans the store runs."""
+    if big.backend != "postgres":
+        pytest.skip("PostgreSQL only")
+    not_prepared = [
+        statement
+        for label in PREPARED_ON_POSTGRES
+        for statement, _ in statements_for(big.recorded, label, big.ph)
+        if statement not in big.generic
+    ]
+    assert not_prepared == []
+    assert all(statements_for(big.recorded, label, big.ph) for label in PREPARED_ON_POSTGRES)
 
 
 @pytest.mark.parametrize("label", [*HOT, *HOT_POSTGRES, *HOT_SQLITE])
@@ -478,10 +548,11 @@ def test_postgres_claims_survive_statistics_taken_during_an_outage() -> None:
             )
             blocks = raw.execute("SELECT pg_relation_size('events') / 8192").fetchone()
             assert blocks is not None
+            assert decision in store.recorder.generic
             with raw.transaction(force_rollback=True):
-                row = raw.execute(
-                    f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {decision}", params
-                ).fetchone()
+                row = explain_as_run(
+                    raw, decision, params, "ANALYZE, BUFFERS, FORMAT JSON", generic=True
+                )
             assert row is not None
             top = row[0][0]["Plan"]
             touched = top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)

@@ -237,6 +237,36 @@ class TestPostgresStore(StoreContract):
         assert violations == []
         assert sorted(delivered) == sorted(ev.id for ev in arrivals)
 
+    def test_claims_and_completions_survive_their_prepared_statements_going_away(
+        self, pg_url: str
+    ) -> None:
+        """A worker's claim and completion statements are prepared once per connection.
+        If they disappear (``DEALLOCATE ALL`` by someone else, a pooler swapping the
+        session), the next claim and completion prepare them again and succeed, without
+        an error for the caller."""
+        s = PostgresStore(pg_url, max_connections=1)  # one session: the one we empty
+        try:
+            s.migrate()
+            for i in range(3):
+                s.insert(make_event(event_id=f"msg_{i}", entity_id=f"user_{i}"))
+            [first] = s.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=1)
+            assert s.complete(first.id, "w1", attempt(), Outcome(Status.DELIVERED))
+            with s._tx() as conn:
+                prepared = conn.execute(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'relay%'"
+                ).fetchone()
+                assert prepared is not None and prepared[0] >= 4
+                conn.execute("DEALLOCATE ALL")
+            claimed = s.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)
+            assert sorted(e.id for e in claimed) == ["msg_1", "msg_2"]
+            with s._tx() as conn:
+                conn.execute("DEALLOCATE ALL")
+            for event in claimed:
+                assert s.complete(event.id, "w1", attempt(), Outcome(Status.DELIVERED))
+            assert s.counts()["delivered"] == 3
+        finally:
+            s.close()
+
     def test_open_store_picks_postgres(self, pg_url: str) -> None:
         """open_store() maps a postgresql:// URL to this backend."""
         s = open_store(pg_url)

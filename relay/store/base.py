@@ -58,20 +58,32 @@ class SQLStoreBase(RunsAndLeases):
         claimed: list[Event] = []
         for round_index in range(ordering.MAX_SCAN_ROUNDS):
             batch = ordering.batch_size(round_index, limit - len(claimed))
-            with self._tx() as conn:
-                read, mine = self._claim_candidates(conn, now_ms, batch)
-                if not read:
-                    break
-                keyed = [e.seq for e in mine if e.object_key is not None]
-                answers = self._claim_answers(conn, keyed, now_ms) if keyed else []
-                decision = ordering.decide(mine, answers, limit=limit - len(claimed))
-                ordering.apply(
-                    conn, self.PH, decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
-                )
+            read, decision = self._claim_round(
+                worker_id, now_ms=now_ms, lease_ms=lease_ms, batch=batch, limit=limit - len(claimed)
+            )
+            if not read:
+                break
             claimed.extend(decision.lease)
             if len(claimed) >= limit or not ordering.look_again(decision, read, batch):
                 break
         return claimed
+
+    def _claim_round(
+        self, worker_id: str, *, now_ms: int, lease_ms: int, batch: int, limit: int
+    ) -> tuple[int, ordering.Decision]:
+        """One claim transaction: read at most ``batch`` due rows, decide, write the
+        decision; how many rows were read, and the decision."""
+        with self._tx() as conn:
+            read, mine = self._claim_candidates(conn, now_ms, batch)
+            if not read:
+                return 0, ordering.Decision()
+            keyed = [e.seq for e in mine if e.object_key is not None]
+            answers = self._claim_answers(conn, keyed, now_ms) if keyed else []
+            decision = ordering.decide(mine, answers, limit=limit)
+            ordering.apply(
+                conn, self.PH, decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
+            )
+        return read, decision
 
     def _claim_candidates(self, conn: Any, now_ms: int, batch: int) -> tuple[int, list[Event]]:
         """Due rows in claim order (at most ``batch``): how many were read, and

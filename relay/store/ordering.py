@@ -169,32 +169,48 @@ def seqs_clause(ph: str, seqs: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
     return "seq = ANY(%s)", (list(seqs),)
 
 
-def apply(
-    conn: Any, ph: str, decision: Decision, *, worker_id: str, now_ms: int, lease_ms: int
-) -> None:
-    """Write a :class:`Decision` on ``conn`` (inside the claim's transaction).
+def statements(
+    ph: str, decision: Decision, *, worker_id: str, now_ms: int, lease_ms: int
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements that write a :class:`Decision`, with their parameters, in order.
 
-    Parks and leases are one statement each, whatever their number: on PostgreSQL
-    every statement is a round trip, and a claim leasing 64 made 64 of them.
+    Parks and leases are one statement each, whatever their number: a claim leasing
+    64 used to make 64 of them, each a round trip on PostgreSQL.
     """
     expires = now_ms + lease_ms
+    out: list[tuple[str, tuple[Any, ...]]] = []
     if decision.park:
         where, params = seqs_clause(ph, decision.park)
-        conn.execute(f"UPDATE events SET next_attempt_at = NULL WHERE {where}", params)
+        out.append((f"UPDATE events SET next_attempt_at = NULL WHERE {where}", params))
     for seq, newer_id in decision.supersede:
-        conn.execute(
-            "UPDATE events SET status = 'superseded', next_attempt_at = NULL,"
-            f" last_error = {ph} WHERE seq = {ph}",
-            (f"superseded: newer event {newer_id} already delivered", seq),
+        out.append(
+            (
+                "UPDATE events SET status = 'superseded', next_attempt_at = NULL,"
+                f" last_error = {ph} WHERE seq = {ph}",
+                (f"superseded: newer event {newer_id} already delivered", seq),
+            )
         )
     for key in sorted(decision.unpark):
-        conn.execute(unpark_head(ph), (now_ms, key))
+        out.append((unpark_head(ph), (now_ms, key)))
     if decision.lease:
         # next_attempt_at moves to the lease's end: leased rows leave the claim index,
         # and a dead worker's event comes due again when its lease runs out.
         where, params = seqs_clause(ph, [e.seq for e in decision.lease])
-        conn.execute(
-            f"UPDATE events SET lease_owner = {ph}, lease_expires_at = {ph},"
-            f" next_attempt_at = {ph} WHERE {where}",
-            (worker_id, expires, expires, *params),
+        out.append(
+            (
+                f"UPDATE events SET lease_owner = {ph}, lease_expires_at = {ph},"
+                f" next_attempt_at = {ph} WHERE {where}",
+                (worker_id, expires, expires, *params),
+            )
         )
+    return out
+
+
+def apply(
+    conn: Any, ph: str, decision: Decision, *, worker_id: str, now_ms: int, lease_ms: int
+) -> None:
+    """Write a :class:`Decision` on ``conn`` (inside the claim's transaction)."""
+    for statement, params in statements(
+        ph, decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
+    ):
+        conn.execute(statement, params)

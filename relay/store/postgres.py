@@ -22,12 +22,22 @@ before they unpark an object's next head, so a park and an unpark of one object 
 interleave: one object is never in flight twice, and never stuck, on any number of
 workers.
 
+A worker's statements travel in as few round trips as the rule allows: a claim round
+takes three (candidates and their locks, the decision with a fresh snapshot, the writes
+and the commit), a completion one. They are sent together as one simple query, each
+prepared once per connection and run with a generic plan (:meth:`PostgresStore._script`):
+measured on one worker, planning them on every call cost the server more than running
+them, and a statement per round trip was most of what the worker spent on the store.
+
 Wake-ups use ``LISTEN/NOTIFY`` on the channel :data:`CHANNEL`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import itertools
 import math
 import os
 import re
@@ -40,6 +50,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from relay.errors import StoreError
@@ -88,6 +99,13 @@ _APPLY_OUTCOMES = (
     " AS v(id, status, charged, next_at, error, delivered_at)"
     " WHERE e.id = v.id AND e.lease_owner = %s RETURNING e.id"
 )
+#: Serialize with claims and other completions working on the same objects: blocking,
+#: in one order (by lock key), so two completions never deadlock, and a claim that
+#: parked an event of the object has committed before we unpark.
+_LOCK_OBJECTS = (
+    "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(object_key) h"
+    " FROM events WHERE id = ANY(%s) AND object_key IS NOT NULL ORDER BY h) s"
+)
 #: :func:`relay.store.ordering.unpark_head` for the objects of several completed events,
 #: each at its own time (params: event ids, times). It runs after the outcomes in the
 #: same transaction and needs nothing from their answer. An event whose lease was lost
@@ -106,12 +124,14 @@ _UNPARK_HEADS = (
 #: in the select list of the scan itself could be taken for rows the LIMIT drops).
 _CANDIDATES = (
     f"WITH c AS MATERIALIZED (SELECT {sql.EVENT_COLUMNS} FROM events"
-    " WHERE status = 'pending' AND next_attempt_at <= %(now)s"
-    " AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)"
-    " ORDER BY next_attempt_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    " WHERE status = 'pending' AND next_attempt_at <= %s"
+    " AND (lease_expires_at IS NULL OR lease_expires_at <= %s)"
+    " ORDER BY next_attempt_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
     " SELECT c.*, (c.object_key IS NULL"
-    " OR pg_try_advisory_xact_lock(%(cls)s, hashtext(c.object_key))) FROM c"
+    " OR pg_try_advisory_xact_lock(%s, hashtext(c.object_key))) FROM c"
 )
+#: :func:`relay.store.ordering.decision_query` for a claim's candidates (params: now, seqs).
+_DECISION = ordering.decision_query("= ANY(%s)", "%s", delivered=ordering.DELIVERED_NO_INDEX)
 #: A pooled connection used successfully this recently is handed out without the
 #: pool's test query (a round trip per transaction, a third of a completion's cost).
 #: One that died meanwhile fails its transaction once (StoreError: the worker retries,
@@ -125,6 +145,23 @@ EXPORT_BATCH = 500
 LISTEN_MAX_BACKOFF_S = 30.0
 #: How often a listener checks its stop flag, in seconds.
 LISTEN_POLL_S = 0.5
+
+
+#: One statement of :meth:`PostgresStore._script`: SQL with ``%s`` placeholders and its
+#: parameters (run prepared), or a plain command such as ``BEGIN``.
+Statement = tuple[str, Sequence[Any]] | str
+
+
+@functools.lru_cache(maxsize=256)
+def prepared_name(text: str) -> str:
+    """The session-level name a statement is prepared under (the same in every process)."""
+    return "relay_" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def numbered_placeholders(text: str) -> str:
+    """``%s`` placeholders as ``$1``, ``$2``, ... (for ``PREPARE``)."""
+    counter = itertools.count(1)
+    return re.sub(r"%s", lambda _: f"${next(counter)}", text)
 
 
 def display_url(url: str) -> str:
@@ -162,6 +199,10 @@ class PostgresStore(SQLStoreBase):
         self._pool_pid = 0
         self._pool_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        #: Per pooled connection, the statements :meth:`_script` has prepared on it.
+        self._prepared_on: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = (
+            weakref.WeakKeyDictionary()
+        )
         #: When each pooled connection last finished a transaction (monotonic seconds).
         self._last_ok: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
             weakref.WeakKeyDictionary()
@@ -215,7 +256,12 @@ class PostgresStore(SQLStoreBase):
         """
         try:
             with self._get_pool().connection(timeout=timeout_s) as conn:
-                yield conn
+                try:
+                    yield conn
+                except BaseException:
+                    # Its rollback may make psycopg deallocate every prepared statement.
+                    self._prepared_on.pop(conn, None)
+                    raise
                 self._last_ok[conn] = time.monotonic()
         except psycopg.Error as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}".strip()) from exc
@@ -243,26 +289,33 @@ class PostgresStore(SQLStoreBase):
                 with contextlib.suppress(psycopg.Error):
                     conn.autocommit = False
 
-    def _claim_candidates(
-        self, conn: psycopg.Connection[Any], now_ms: int, batch: int
-    ) -> tuple[int, list[Event]]:
-        rows = conn.execute(
-            _CANDIDATES, {"now": now_ms, "limit": batch, "cls": OBJECT_LOCK_CLASS}
-        ).fetchall()
-        # Claim order (the CTE scan promises none; sorting a batch here costs the
-        # server no Sort node). Objects another claim or completion is working on
-        # (their lock not taken) are left for later.
-        mine = [sql.row_to_event(r[:-1]) for r in rows if r[-1]]
-        mine.sort(key=lambda e: (e.next_attempt_at_ms or 0, e.seq))
-        return len(rows), mine
-
-    def _claim_answers(
-        self, conn: psycopg.Connection[Any], seqs: list[int], now_ms: int
-    ) -> list[Any]:
-        # A new statement takes a new snapshot: it sees every lease and park committed
-        # before we took the object locks above.
-        query = ordering.decision_query("= ANY(%s)", "%s", delivered=ordering.DELIVERED_NO_INDEX)
-        return conn.execute(query, (now_ms, seqs)).fetchall()
+    def _claim_round(
+        self, worker_id: str, *, now_ms: int, lease_ms: int, batch: int, limit: int
+    ) -> tuple[int, ordering.Decision]:
+        # Three round trips: read and lock the candidates (opening the transaction),
+        # ask about them with a fresh snapshot, then write the decision and commit.
+        with self._session() as conn:
+            _, rows = self._script(
+                conn, ["BEGIN", (_CANDIDATES, (now_ms, now_ms, batch, OBJECT_LOCK_CLASS))]
+            )
+            if not rows:
+                self._script(conn, ["COMMIT"])
+                return 0, ordering.Decision()
+            # Claim order (the CTE scan promises none; sorting a batch here costs the
+            # server no Sort node). Objects another claim or completion is working on
+            # (their lock not taken) are left for later.
+            mine = [sql.row_to_event(r[:-1]) for r in rows if r[-1]]
+            mine.sort(key=lambda e: (e.next_attempt_at_ms or 0, e.seq))
+            keyed = [e.seq for e in mine if e.object_key is not None]
+            # A new statement takes a new snapshot: it sees every lease and park
+            # committed before we took the object locks above.
+            answers = self._script(conn, [(_DECISION, (now_ms, keyed))])[0] if keyed else []
+            decision = ordering.decide(mine, answers, limit=limit)
+            writes = ordering.statements(
+                self.PH, decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
+            )
+            self._script(conn, [*writes, "COMMIT"])
+        return len(rows), decision
 
     def complete_many(
         self, worker_id: str, results: Sequence[tuple[str, Attempt, Outcome]]
@@ -271,35 +324,123 @@ class PostgresStore(SQLStoreBase):
         if len(set(ids)) != len(ids):  # one row per id below; never seen from a worker
             return super().complete_many(worker_id, results)
         attempts = [sql.attempt_params(event_id, a) for event_id, a, _ in results]
-        with self._tx() as conn:
-            self._lock_objects(conn, ids)
-            conn.execute(_RECORD_ATTEMPTS, [list(column) for column in zip(*attempts, strict=True)])
-            kept = conn.execute(
-                _APPLY_OUTCOMES,
-                (
-                    ids,
-                    [str(o.status) for _, _, o in results],
-                    [int(o.charged) for _, _, o in results],
-                    [o.next_attempt_at_ms for _, _, o in results],
-                    [o.error for _, _, o in results],
-                    [a.at_ms if o.status == Status.DELIVERED else None for _, a, o in results],
-                    worker_id,
-                ),
-            ).fetchall()
-            # The object's head may have changed (this one finished, or an older event
-            # arrived while it was in flight and was parked).
-            conn.execute(_UNPARK_HEADS, (ids, [a.at_ms for _, a, _ in results]))
+        outcomes = (
+            ids,
+            [str(o.status) for _, _, o in results],
+            [int(o.charged) for _, _, o in results],
+            [o.next_attempt_at_ms for _, _, o in results],
+            [o.error for _, _, o in results],
+            [a.at_ms if o.status == Status.DELIVERED else None for _, a, o in results],
+            worker_id,
+        )
+        # One round trip: the four statements run as one implicit transaction, each
+        # with a fresh snapshot (so the unpark sees every park committed before the
+        # object locks were taken).
+        with self._session() as conn:
+            _, _, kept, _ = self._script(
+                conn,
+                [
+                    (_LOCK_OBJECTS, (OBJECT_LOCK_CLASS, ids)),
+                    (_RECORD_ATTEMPTS, [list(column) for column in zip(*attempts, strict=True)]),
+                    (_APPLY_OUTCOMES, outcomes),
+                    # The object's head may have changed (this one finished, or an older
+                    # event arrived while it was in flight and was parked).
+                    (_UNPARK_HEADS, (ids, [a.at_ms for _, a, _ in results])),
+                ],
+            )
         done = {event_id for (event_id,) in kept}
         return [event_id in done for event_id in ids]
 
     def _lock_objects(self, conn: Any, event_ids: Sequence[str]) -> None:
-        # Blocking, in one order (by lock key): two completions never deadlock, and a
-        # claim that parked an event of the object has committed before we unpark.
-        conn.execute(
-            "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(object_key) h"
-            " FROM events WHERE id = ANY(%s) AND object_key IS NOT NULL ORDER BY h) s",
-            (OBJECT_LOCK_CLASS, list(event_ids)),
-        )
+        conn.execute(_LOCK_OBJECTS, (OBJECT_LOCK_CLASS, list(event_ids)))
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection in autocommit mode, for :meth:`_script`: its statements
+        bring their own transaction (an explicit ``BEGIN``, or a script's implicit one).
+        Whatever is left open when the block ends (an error on the way) is rolled back."""
+        with self._tx() as conn:
+            conn.autocommit = True
+            try:
+                yield conn
+            except BaseException:
+                self._prepared_on.pop(conn, None)  # a PREPARE may or may not have stuck
+                raise
+            finally:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                with contextlib.suppress(psycopg.Error):
+                    conn.autocommit = False
+
+    def _script(
+        self, conn: psycopg.Connection[Any], statements: Sequence[Statement]
+    ) -> list[list[tuple[Any, ...]]]:
+        """Send ``statements`` in one round trip; each one's rows (``[]`` if none).
+
+        A statement with parameters runs as a prepared statement of this session (the
+        first script to need it on a connection prepares it, in the same round trip)
+        with a generic plan, so it is planned once per connection instead of on every
+        call; a plain string (``BEGIN``, ``COMMIT``) runs as it is. The parameters
+        are bound on the client and everything travels as one simple query: in
+        autocommit mode the statements run as one transaction unless they say
+        otherwise, each with its own snapshot (READ COMMITTED), stopping at the first
+        error. Measured on one worker, a statement per round trip and a plan per
+        statement were most of what PostgreSQL cost per delivered event.
+        """
+        starts_clean = conn.info.transaction_status == TransactionStatus.IDLE
+        try:
+            return self._send_script(conn, statements)
+        except psycopg.errors.InvalidSqlStatementName:
+            # Our statements were deallocated behind our back (DEALLOCATE ALL, a
+            # pooler handing us another session): learn what is there and send it
+            # again, if nothing of an earlier script is lost with the transaction.
+            self._prepared_on.pop(conn, None)
+            if not starts_clean:
+                raise
+            if conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+            return self._send_script(conn, statements)
+
+    def _send_script(
+        self, conn: psycopg.Connection[Any], statements: Sequence[Statement]
+    ) -> list[list[tuple[Any, ...]]]:
+        known = self._prepared_on.get(conn)
+        if known is None:  # a new connection, or one whose state an error left unsure
+            known = {
+                name
+                for (name,) in conn.execute(
+                    "SELECT name FROM pg_prepared_statements WHERE name LIKE 'relay\\_%'"
+                ).fetchall()
+            }
+            self._prepared_on[conn] = known
+        parts: list[str] = []
+        params: list[Any] = []
+        picks: list[int] = []  # which result answers each statement
+        generic = False
+        for statement in statements:
+            if isinstance(statement, str):
+                parts.append(statement)
+            else:
+                text, args = statement
+                name = prepared_name(text)
+                if not generic:
+                    parts.append("SET LOCAL plan_cache_mode = force_generic_plan")
+                    generic = True
+                if name not in known:
+                    parts.append(f"PREPARE {name} AS {numbered_placeholders(text)}")
+                    known.add(name)
+                parts.append(f"EXECUTE {name}({', '.join(['%s'] * len(args))})")
+                params.extend(args)
+            picks.append(len(parts) - 1)
+        cur = psycopg.ClientCursor(conn)
+        cur.execute("; ".join(parts), params)
+        results: list[list[tuple[Any, ...]]] = []
+        while True:
+            results.append(cur.fetchall() if cur.description is not None else [])
+            if not cur.nextset():
+                break
+        return [results[i] for i in picks]
 
     def counts(self) -> dict[str, int]:
         with self._tx() as conn:
