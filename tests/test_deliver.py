@@ -26,6 +26,7 @@ from svix.webhooks import Webhook
 
 from harness.convex_standin import ConvexStandIn
 from harness.factories import FORWARD_SECRET, make_event
+from relay.delivery.deadline import Watchdog
 from relay.delivery.deliverer import REPLY_READ_BYTES, Deliverer, Request
 from relay.delivery.transport import ConnectionFailed, TimedOut, TransportError
 from relay.delivery.worker import Worker
@@ -602,3 +603,38 @@ def test_the_prepared_request_is_what_the_transport_gets(settings: Settings) -> 
     assert d.send(request).status_code == 200
     assert transport.requests == [request]
     assert request.headers["svix-id"] == "msg_seen"
+
+
+class _CountingCondition(threading.Condition):
+    """A Condition that counts its notify() calls (each one a watchdog wake-up)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notified = 0
+
+    def notify(self, n: int = 1) -> None:
+        self.notified += 1
+        super().notify(n)
+
+
+def test_the_deadline_watchdog_is_woken_only_for_a_deadline_earlier_than_it_waits_for() -> None:
+    """Attempts share one timeout, so each new one ends after those already armed: the
+    watchdog thread is not woken for it (it was, once per attempt: a thread switch
+    each). An attempt ending sooner than anything armed still wakes it, and is ended
+    on time."""
+    watchdog = Watchdog()
+    cond = _CountingCondition()
+    watchdog._cond = cond
+    with watchdog.attempt(30.0):
+        time.sleep(0.05)  # the thread is waiting for that deadline now
+        woken = cond.notified
+        for _ in range(50):
+            with watchdog.attempt(30.0):
+                pass
+        assert cond.notified == woken
+        started = time.monotonic()
+        with watchdog.attempt(0.3) as soon:
+            while not soon.expired and time.monotonic() - started < 5.0:
+                time.sleep(0.01)
+        assert soon.expired
+        assert cond.notified == woken + 1

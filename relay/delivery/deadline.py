@@ -16,6 +16,7 @@ are covered, through a proxy too (see :func:`track_connections`).
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import threading
 import time
@@ -55,6 +56,10 @@ class Watchdog:
         self._cond = threading.Condition()
         self._armed: set[Attempt] = set()
         self._thread: threading.Thread | None = None
+        #: When the thread looks next (monotonic): an attempt ending later needs no
+        #: wake-up. Attempts share one timeout, so under load the thread wakes about
+        #: once per timeout instead of once per attempt (a thread switch each).
+        self._wakes_at = math.inf
 
     @contextlib.contextmanager
     def attempt(self, timeout_s: float) -> Iterator[Attempt]:
@@ -67,7 +72,9 @@ class Watchdog:
                 )
                 self._thread.start()
             self._armed.add(attempt)
-            self._cond.notify()
+            if attempt.deadline < self._wakes_at:
+                self._wakes_at = attempt.deadline
+                self._cond.notify()
         _current.attempt = attempt
         try:
             yield attempt
@@ -83,8 +90,8 @@ class Watchdog:
                 for attempt in [a for a in self._armed if a.deadline <= now]:
                     self._armed.discard(attempt)
                     attempt.abort()
-                wait = min((a.deadline for a in self._armed), default=now + 60.0) - now
-                self._cond.wait(max(wait, 0.0))
+                self._wakes_at = min((a.deadline for a in self._armed), default=now + 60.0)
+                self._cond.wait(max(self._wakes_at - now, 0.0))
 
 
 class _Tracked:

@@ -198,11 +198,7 @@ class Worker:
     def _fill(self, pool: ThreadPoolExecutor) -> None:
         with self._lock:
             busy = len(self._in_flight)
-        free = self.settings.concurrency - busy
-        # Under load, claim for half the pool at a time rather than after every finished
-        # delivery: half as many write transactions competing with ingest for the
-        # writer lock. With nothing in flight, claim at once.
-        if free <= 0 or (busy and free < (self.settings.concurrency + 1) // 2):
+        if not self._claims_now(busy):
             return
         if self.pacing.holds_back(self.store.ingest_burst_s()):
             return
@@ -210,6 +206,7 @@ class Worker:
         if gate is Gate.WAIT:
             return
         self.pacing.claimed()
+        free = self.settings.concurrency - busy
         try:
             events = self._claim(limit=1 if gate is Gate.PROBE else free)
         except StoreError as exc:
@@ -221,6 +218,16 @@ class Worker:
                 self._in_flight.add(future)
             future.add_done_callback(self._done)
 
+    def _claims_now(self, busy: int) -> bool:
+        """Whether a pass with ``busy`` attempts in flight claims more.
+
+        Under load, claim for half the pool at a time rather than after every finished
+        delivery: half as many write transactions competing with ingest for the
+        writer lock. With nothing in flight, claim at once.
+        """
+        free = self.settings.concurrency - busy
+        return free > 0 and (not busy or free >= (self.settings.concurrency + 1) // 2)
+
     def _claim(self, limit: int) -> list[Event]:
         return self.store.claim(
             self.worker_id, now_ms=self.now_ms(), lease_ms=self.lease_ms, limit=limit
@@ -229,7 +236,11 @@ class Worker:
     def _done(self, future: Future[None]) -> None:
         with self._lock:
             self._in_flight.discard(future)
-        self._wake.set()  # a slot is free, and the next event of that object may be due
+            busy = len(self._in_flight)
+        # Wake the loop only when it would claim: each wake-up is a thread switch,
+        # and one per finished attempt was a measurable part of a worker's CPU.
+        if self._claims_now(busy):
+            self._wake.set()
 
     def run_once(self) -> int:
         """Claim and deliver one batch synchronously (tests, ``relay worker --once``)."""
