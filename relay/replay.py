@@ -20,11 +20,18 @@ from relay.store.sql import replayable_statuses
 SCAN_PAGE = 1000
 
 
-def replay_one(store: Store, event_id: str, *, force: bool, now_ms: int) -> Event:
-    """Queue one event again; :class:`NotFound` or :class:`Conflict` says why not."""
+def find_event(store: Store, event_id: str) -> Event:
+    """The stored event ``event_id``, or :class:`NotFound` (404 on the admin API and
+    the console, the CLI's "not found") with the one wording all of them use."""
     event = store.get(event_id)
     if event is None:
         raise NotFound(f"no event {event_id!r}")
+    return event
+
+
+def replay_one(store: Store, event_id: str, *, force: bool, now_ms: int) -> Event:
+    """Queue one event again; :class:`NotFound` or :class:`Conflict` says why not."""
+    event = find_event(store, event_id)
     if not store.replay(EventFilter(ids=(event_id,)), now_ms=now_ms, force=force):
         if event.status is Status.PENDING:
             raise Conflict("the event is already pending (queued or in flight)")

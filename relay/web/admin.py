@@ -15,9 +15,9 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from relay.errors import BadRequest, NotFound, Unauthorized
+from relay.errors import BadRequest, Unauthorized
 from relay.reconcile.schedule import RECONCILE_RUNS_SHOWN, ask_for_reconcile
-from relay.replay import matching_ids, replay_one, replay_selection
+from relay.replay import find_event, matching_ids, replay_one, replay_selection
 from relay.web import auth
 from relay.web.context import now_ms, runtime
 from relay.web.query import parse_filter, parse_list_query
@@ -78,9 +78,7 @@ def list_events() -> Response:
 @bp.get("/events/<path:event_id>")
 def show_event(event_id: str) -> Response:
     """One event with every delivery attempt."""
-    event = runtime().store.get(event_id)
-    if event is None:
-        raise NotFound(f"no event {event_id!r}")
+    event = find_event(runtime().store, event_id)
     return jsonify(event.to_dict(with_attempts=True))
 
 

@@ -28,12 +28,12 @@ from flask import (
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
-from relay.errors import Conflict, HTTPError, LimitedError, NotFound
+from relay.errors import Conflict, HTTPError, LimitedError
 from relay.metrics import worker_heartbeat_age_s
 from relay.models import Event, EventFilter, Status, TargetState
 from relay.reconcile.schedule import RECONCILE_RUNS_SHOWN, ask_for_reconcile
 from relay.redact import redact, redact_text
-from relay.replay import matching_ids, replay_one, replay_selection
+from relay.replay import find_event, matching_ids, replay_one, replay_selection
 from relay.settings import Settings
 from relay.timeparse import utc_text
 from relay.web import auth
@@ -234,9 +234,7 @@ def events() -> str:
 @bp.get("/event/<path:event_id>")
 def event(event_id: str) -> str:
     """One event: state, every attempt and the redacted payload."""
-    found = runtime().store.get(event_id)
-    if found is None:
-        raise NotFound(f"no event {event_id!r}")
+    found = find_event(runtime().store, event_id)
     return render_template(
         "event.html",
         event=found,
