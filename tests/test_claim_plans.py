@@ -33,7 +33,7 @@ from harness.backlog import Backlog, fill_postgres, fill_sqlite, make_due
 from harness.factories import make_event
 from harness.postgres_server import fresh_schema
 from relay.models import Attempt, EventFilter, Outcome, Status
-from relay.store.postgres import PostgresStore, numbered_placeholders
+from relay.store.postgres import CLAIM_SEQS, PostgresStore, numbered_placeholders
 from relay.store.sqlite import SQLiteStore
 
 EVENTS = 100_000
@@ -60,6 +60,9 @@ class Recorder:
     seen: dict[str, Any] = field(default_factory=dict)
     #: Statements run prepared with a generic plan (PostgreSQL's ``_script``), as seen.
     generic: set[str] = field(default_factory=set)
+    #: What the first PostgreSQL claim that read candidates handed its decision (the
+    #: CLAIM_SEQS setting), to run that decision again with the same input.
+    claim_seqs: str | None = None
 
     def add(self, statement: str, params: Any, *, generic: bool = False) -> str:
         text = " ".join(statement.split())
@@ -111,7 +114,15 @@ class RecordingPostgresStore(PostgresStore):
         for statement in statements:
             if not isinstance(statement, str):
                 self.recorder.add(*statement, generic=True)
-        return super()._script(getattr(conn, "_conn", conn), statements)
+        results = super()._script(getattr(conn, "_conn", conn), statements)
+        if self.recorder.claim_seqs is None and any(
+            not isinstance(s, str) and "pg_try_advisory_xact_lock" in s[0] for s in statements
+        ):
+            raw = getattr(conn, "_conn", conn)
+            row = raw.execute(f"SELECT current_setting('{CLAIM_SEQS}', true)").fetchone()
+            if row and row[0] not in (None, "", "{}"):
+                self.recorder.claim_seqs = row[0]
+        return results
 
 
 def run_hot_paths(store: Any, shape: Backlog, raw_due: Callable[[list[int], int], None]) -> None:
@@ -272,12 +283,21 @@ def sqlite_big(directory: Path) -> Iterator[Big]:
 
 
 def explain_as_run(
-    raw: psycopg.Connection[Any], statement: str, params: Any, options: str, *, generic: bool
+    raw: psycopg.Connection[Any],
+    statement: str,
+    params: Any,
+    options: str,
+    *,
+    generic: bool,
+    claim_seqs: str | None = None,
 ) -> Any:
     """``EXPLAIN (options)`` of the plan the store runs: for what its ``_script`` sends,
     the generic plan of a prepared statement; else the custom plan. Returns its row."""
     if not generic:
         return raw.execute(f"EXPLAIN ({options}) {statement}", params).fetchone()
+    if CLAIM_SEQS in statement:  # a claim's decision: its candidates, as the claim left them
+        assert claim_seqs is not None
+        raw.execute("SELECT set_config(%s, %s, false)", (CLAIM_SEQS, claim_seqs))
     raw.execute(f"PREPARE plan_check AS {numbered_placeholders(statement)}")
     raw.execute("SET plan_cache_mode = force_generic_plan")
     try:
@@ -303,7 +323,10 @@ def postgres_big() -> Iterator[Big]:
 
             def explained(statement: str, params: Any, options: str) -> Any:
                 generic = statement in store.recorder.generic
-                return explain_as_run(raw, statement, params, options, generic=generic)
+                seqs = store.recorder.claim_seqs
+                return explain_as_run(
+                    raw, statement, params, options, generic=generic, claim_seqs=seqs
+                )
 
             def explain(statement: str, params: Any) -> list[str]:
                 row = explained(statement, params, "FORMAT JSON")
@@ -551,7 +574,12 @@ def test_postgres_claims_survive_statistics_taken_during_an_outage() -> None:
             assert decision in store.recorder.generic
             with raw.transaction(force_rollback=True):
                 row = explain_as_run(
-                    raw, decision, params, "ANALYZE, BUFFERS, FORMAT JSON", generic=True
+                    raw,
+                    decision,
+                    params,
+                    "ANALYZE, BUFFERS, FORMAT JSON",
+                    generic=True,
+                    claim_seqs=store.recorder.claim_seqs,
                 )
             assert row is not None
             top = row[0][0]["Plan"]

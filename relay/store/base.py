@@ -32,6 +32,8 @@ from relay.store.runs import RunsAndLeases
 
 #: Events deleted per transaction by :meth:`SQLStoreBase.purge`.
 PURGE_BATCH = 1000
+#: Events read per round by :meth:`SQLStoreBase.export`.
+EXPORT_BATCH = 500
 #: Events made due per transaction by :meth:`SQLStoreBase.release_held`.
 RELEASE_BATCH = 1000
 _TARGET_COLUMNS = (
@@ -182,6 +184,32 @@ class SQLStoreBase(RunsAndLeases):
     def counts(self) -> dict[str, int]:
         # Kept by triggers on events (see the schema): five rows, whatever the store holds.
         return sql.zero_counts(dict(self._query("SELECT status, n FROM event_counts")))
+
+    def export(self) -> Iterator[tuple[Event, list[Attempt]]]:
+        # Keyset pages of EXPORT_BATCH events and their attempts (two reads each), so
+        # a million-event store is never in memory at once, and nothing is held open
+        # while the caller takes its time between items.
+        ph = self.PH
+        after = 0
+        while True:
+            rows = self._query(
+                f"SELECT {sql.EXPORT_COLUMNS} FROM events WHERE seq > {ph} ORDER BY seq LIMIT {ph}",
+                (after, EXPORT_BATCH),
+            )
+            if not rows:
+                return
+            attempts: dict[str, list[Attempt]] = {row[0]: [] for row in rows}
+            where, params = sql.among(ph, "event_id", list(attempts))
+            for a in self._query(
+                f"SELECT event_id, {sql.ATTEMPT_COLUMNS} FROM attempts WHERE {where} ORDER BY id",
+                params,
+            ):
+                attempts[a[0]].append(sql.row_to_attempt(a[1:]))
+            for row in rows:
+                yield sql.row_to_event(row), attempts[row[0]]
+            if len(rows) < EXPORT_BATCH:
+                return
+            after = rows[-1][1]
 
     def purge(self, *, older_than_ms: int) -> int:
         # Small batches, each its own short transaction: ingest waits on none for long.

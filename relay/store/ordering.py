@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.models import Event, is_upsert
+from relay.store import sql
 
 #: Due rows one claim transaction looks at, at most (besides what it returns).
 SCAN_BATCH = 256
@@ -162,11 +163,8 @@ def look_again(decision: Decision, rows_read: int, batch: int) -> bool:
 
 
 def seqs_clause(ph: str, seqs: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
-    """``seq`` among ``seqs`` as one condition and its parameters: an ``IN`` list on
-    SQLite, one array parameter on PostgreSQL (one statement, one plan, any length)."""
-    if ph == "?":
-        return f"seq IN ({', '.join('?' * len(seqs))})", tuple(seqs)
-    return "seq = ANY(%s)", (list(seqs),)
+    """``seq`` among ``seqs`` (see :func:`relay.store.sql.among`)."""
+    return sql.among(ph, "seq", seqs)
 
 
 def statements(

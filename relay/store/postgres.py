@@ -23,8 +23,8 @@ interleave: one object is never in flight twice, and never stuck, on any number 
 workers.
 
 A worker's statements travel in as few round trips as the rule allows: a claim round
-takes three (candidates and their locks, the decision with a fresh snapshot, the writes
-and the commit), a completion one. They are sent together as one simple query, each
+takes two (candidates, their locks and the decision, which takes a fresh snapshot; then
+the writes and the commit), a completion one. They are sent together as one simple query, each
 prepared once per connection and run with a generic plan (:meth:`PostgresStore._script`):
 measured on one worker, planning them on every call cost the server more than running
 them, and a statement per round trip was most of what the worker spent on the store.
@@ -56,7 +56,6 @@ from psycopg_pool import ConnectionPool
 from relay.errors import StoreError
 from relay.models import (
     Attempt,
-    Event,
     NewEvent,
     Outcome,
     Status,
@@ -119,19 +118,32 @@ _UNPARK_HEADS = (
     " JOIN events o ON o.id = x.id WHERE o.object_key IS NOT NULL) u"
     " WHERE e.seq = u.head AND e.next_attempt_at IS NULL AND e.status = 'pending'"
 )
+#: The transaction-local setting that hands a claim's candidates to its decision.
+CLAIM_SEQS = "relay.claim_seqs"
 #: A claim's candidates and their objects' advisory locks in one statement. The locked
 #: rows are materialized first, so only the rows returned are try-locked (a lock taken
-#: in the select list of the scan itself could be taken for rows the LIMIT drops).
+#: in the select list of the scan itself could be taken for rows the LIMIT drops). The
+#: candidates this claim may decide about (keyed, their object's lock taken) are left in
+#: the transaction's :data:`CLAIM_SEQS` setting for the decision that follows.
 _CANDIDATES = (
     f"WITH c AS MATERIALIZED (SELECT {sql.EVENT_COLUMNS} FROM events"
     " WHERE status = 'pending' AND next_attempt_at <= %s"
     " AND (lease_expires_at IS NULL OR lease_expires_at <= %s)"
-    " ORDER BY next_attempt_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
-    " SELECT c.*, (c.object_key IS NULL"
-    " OR pg_try_advisory_xact_lock(%s, hashtext(c.object_key))) FROM c"
+    " ORDER BY next_attempt_at, seq LIMIT %s FOR UPDATE SKIP LOCKED),"
+    " l AS MATERIALIZED (SELECT c.*, (c.object_key IS NULL"
+    " OR pg_try_advisory_xact_lock(%s, hashtext(c.object_key))) AS mine FROM c)"
+    " SELECT l.* FROM l, (SELECT set_config("
+    f"'{CLAIM_SEQS}', COALESCE(array_agg(seq) FILTER (WHERE mine AND object_key IS NOT NULL),"
+    " '{}')::text, true) FROM l) s"
 )
-#: :func:`relay.store.ordering.decision_query` for a claim's candidates (params: now, seqs).
-_DECISION = ordering.decision_query("= ANY(%s)", "%s", delivered=ordering.DELIVERED_NO_INDEX)
+#: :func:`relay.store.ordering.decision_query` for those candidates (params: now). It is a
+#: statement of its own, so it takes a new snapshot: it sees every lease and park
+#: committed before the candidates' object locks were taken.
+_DECISION = ordering.decision_query(
+    f"= ANY(NULLIF(current_setting('{CLAIM_SEQS}', true), '')::bigint[])",
+    "%s",
+    delivered=ordering.DELIVERED_NO_INDEX,
+)
 #: A pooled connection used successfully this recently is handed out without the
 #: pool's test query (a round trip per transaction, a third of a completion's cost).
 #: One that died meanwhile fails its transaction once (StoreError: the worker retries,
@@ -139,8 +151,6 @@ _DECISION = ordering.decision_query("= ANY(%s)", "%s", delivered=ordering.DELIVE
 CHECK_AFTER_IDLE_S = 1.0
 #: First key of the two-int advisory locks taken per object during a claim ("RELY").
 OBJECT_LOCK_CLASS = 0x52454C59
-#: Rows per round trip when exporting.
-EXPORT_BATCH = 500
 #: Longest wait between reconnection attempts of a listener, in seconds.
 LISTEN_MAX_BACKOFF_S = 30.0
 #: How often a listener checks its stop flag, in seconds.
@@ -292,11 +302,16 @@ class PostgresStore(SQLStoreBase):
     def _claim_round(
         self, worker_id: str, *, now_ms: int, lease_ms: int, batch: int, limit: int
     ) -> tuple[int, ordering.Decision]:
-        # Three round trips: read and lock the candidates (opening the transaction),
-        # ask about them with a fresh snapshot, then write the decision and commit.
+        # Two round trips: read and lock the candidates (opening the transaction) and
+        # ask about them; then write the decision and commit.
         with self._session() as conn:
-            _, rows = self._script(
-                conn, ["BEGIN", (_CANDIDATES, (now_ms, now_ms, batch, OBJECT_LOCK_CLASS))]
+            _, rows, answers = self._script(
+                conn,
+                [
+                    "BEGIN",
+                    (_CANDIDATES, (now_ms, now_ms, batch, OBJECT_LOCK_CLASS)),
+                    (_DECISION, (now_ms,)),
+                ],
             )
             if not rows:
                 self._script(conn, ["COMMIT"])
@@ -306,10 +321,6 @@ class PostgresStore(SQLStoreBase):
             # (their lock not taken) are left for later.
             mine = [sql.row_to_event(r[:-1]) for r in rows if r[-1]]
             mine.sort(key=lambda e: (e.next_attempt_at_ms or 0, e.seq))
-            keyed = [e.seq for e in mine if e.object_key is not None]
-            # A new statement takes a new snapshot: it sees every lease and park
-            # committed before we took the object locks above.
-            answers = self._script(conn, [(_DECISION, (now_ms, keyed))])[0] if keyed else []
             decision = ordering.decide(mine, answers, limit=limit)
             writes = ordering.statements(
                 self.PH, decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
@@ -467,29 +478,6 @@ class PostgresStore(SQLStoreBase):
         listener.start(ready_timeout_s=self._timeout_s)
         self._listeners.append(listener.stop)
         return listener.stop
-
-    def export(self) -> Iterator[tuple[Event, list[Attempt]]]:
-        # Keyset batches, each in its own short transaction: the caller may take
-        # as long as it likes between items without pinning a connection.
-        after = 0
-        while True:
-            with self._tx() as conn:
-                rows = conn.execute(
-                    f"SELECT {sql.EXPORT_COLUMNS} FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
-                    (after, EXPORT_BATCH),
-                ).fetchall()
-                attempts: dict[str, list[Attempt]] = {r[0]: [] for r in rows}
-                for a in conn.execute(
-                    f"SELECT event_id, {sql.ATTEMPT_COLUMNS} FROM attempts"
-                    " WHERE event_id = ANY(%s) ORDER BY id",
-                    (list(attempts),),
-                ):
-                    attempts[a[0]].append(sql.row_to_attempt(a[1:]))
-            for row in rows:
-                yield sql.row_to_event(row), attempts[row[0]]
-            if len(rows) < EXPORT_BATCH:
-                return
-            after = rows[-1][1]
 
     def close(self) -> None:
         for stop in self._listeners:

@@ -124,6 +124,14 @@ def row_to_attempt(row: Sequence[Any]) -> Attempt:
     )
 
 
+def among(ph: str, column: str, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
+    """``column`` among ``values`` as one condition and its parameters: an ``IN`` list on
+    SQLite, one array parameter on PostgreSQL (one statement, one plan, any length)."""
+    if ph == "?":
+        return f"{column} IN ({', '.join('?' * len(values))})", tuple(values)
+    return f"{column} = ANY(%s)", (list(values),)
+
+
 def glob_to_like(glob: str) -> str:
     """Shell glob (``organization.*``) as a LIKE pattern with ``\\`` as the escape."""
     out = []

@@ -23,7 +23,6 @@ import structlog
 
 from relay.errors import StoreError
 from relay.models import (
-    Attempt,
     Event,
     NewEvent,
     Status,
@@ -211,15 +210,6 @@ class SQLiteStore(SQLStoreBase):
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
         return self._wake.listen(wake)
-
-    def export(self) -> Iterator[tuple[Event, list[Attempt]]]:
-        rows = self._query(f"SELECT {sql.EXPORT_COLUMNS} FROM events ORDER BY seq")
-        for row in rows:
-            attempts = self._query(
-                f"SELECT {sql.ATTEMPT_COLUMNS} FROM attempts WHERE event_id = ? ORDER BY id",
-                (row[0],),
-            )
-            yield sql.row_to_event(row), [sql.row_to_attempt(a) for a in attempts]
 
     def close(self) -> None:
         with self._conns_lock:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from harness.factories import make_event
 from relay.models import Attempt, EventFilter, Outcome, ReconcileRun, RunStatus, Status
-from relay.store import Store
+from relay.store import Store, base
 
 NOW = 1_700_000_000_000
 LEASE = 30_000
@@ -428,6 +430,32 @@ class StoreContract:
         [(event, attempts)] = list(store.export())
         assert event.status == Status.FAILED and len(attempts) == 1
         assert store.import_event(event, attempts) is False  # already there
+
+    def test_export_reads_in_pages_and_keeps_each_events_attempts(
+        self, store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Export reads the store a page at a time (a million events are never in memory
+        at once): across page ends every event comes once, in order, with its own
+        attempts."""
+        monkeypatch.setattr(base, "EXPORT_BATCH", 3)
+        for i in range(7):
+            store.insert(make_event(event_id=f"msg_{i}", entity_id=f"user_{i}"))
+        for event in store.claim("w", now_ms=NOW, lease_ms=LEASE, limit=10):
+            if event.id in ("msg_2", "msg_3", "msg_6"):  # page ends and the last page
+                store.complete(event.id, "w", attempt("failed", 500), Outcome(Status.FAILED))
+        query = store._query  # type: ignore[attr-defined]
+        read: list[int] = []
+
+        def counted(statement: str, params: object = ()) -> list[object]:
+            rows: list[object] = query(statement, params)
+            read.append(len(rows))
+            return rows
+
+        monkeypatch.setattr(store, "_query", counted)
+        exported = list(store.export())
+        assert read and max(read) <= 3
+        assert [e.id for e, _ in exported] == [f"msg_{i}" for i in range(7)]
+        assert {e.id: len(a) for e, a in exported if a} == {"msg_2": 1, "msg_3": 1, "msg_6": 1}
 
     def test_ping_answers(self, store: Store) -> None:
         """ping() returns when the database answers."""
