@@ -1,6 +1,6 @@
 """Delivery benchmark: SQLite vs PostgreSQL, ingest and delivery throughput.
 
-    scripts/with-postgres.sh .venv/bin/python bench/delivery.py   # ~2-3 min
+    scripts/with-postgres.sh .venv/bin/python bench/delivery.py   # ~5 min
 
 Without ``RELAY_TEST_POSTGRES_URL`` (that is, not under ``with-postgres.sh``) only the
 SQLite rows are measured. Writes ``bench/results/delivery.md`` and prints it.
@@ -18,7 +18,11 @@ SQLite rows are measured. Writes ``bench/results/delivery.md`` and prints it.
    the limit) and against one answering after :data:`CONVEX_LATENCY_MS` (a Convex
    deployment across a network: the attempts' wait is the limit, and more workers
    add more attempts in flight). The report gives the ratios the issue asks about:
-   PostgreSQL / SQLite with one worker, and three PostgreSQL workers / one.
+   PostgreSQL / SQLite with one worker, and three PostgreSQL workers / one. Each set of
+   drains runs :data:`DRAIN_ROUNDS` times, interleaved (SQLite and PostgreSQL, one and
+   three workers, then again), and the ratios are taken within each round: on a shared
+   2-CPU VM one drain's rate moves by a third from run to run, and interleaving puts
+   both sides of a ratio under the same weather. The report gives their median and range.
 3. The stand-in's own ceiling (``wrk`` straight at it, 12 connections like 3 workers x
    4), so a delivery rate near it says the stand-in, not the relay, is the limit.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +58,8 @@ from relay.store import open_store  # noqa: E402
 
 #: Events drained per delivery run.
 DRAIN_EVENTS = 3000
+#: Interleaved rounds of every drain (``BENCH_DRAIN_ROUNDS`` overrides).
+DRAIN_ROUNDS = int(os.environ.get("BENCH_DRAIN_ROUNDS", "3"))
 WORKER_COUNTS = (1, 3)
 #: The stand-in's answer time in the second set of drains (a Convex mutation's round
 #: trip from a nearby region; Convex's own p50 is a few ms more).
@@ -71,8 +78,9 @@ class Row:
     what: str
     rate: float
     detail: str
-    #: For drains: how many workers, and the stand-in's answer time (the ratios' keys).
-    drain: tuple[int, float] | None = None
+    #: For drains: how many workers, the stand-in's answer time and the round (the
+    #: ratios' keys).
+    drain: tuple[int, float, int] | None = None
 
 
 # -- databases -------------------------------------------------------------------------------
@@ -154,11 +162,11 @@ def arrivals(convex: str) -> dict[str, float]:
 
 
 def measure_drain(
-    backend: str, workers: int, tmp: Path, convex: str, latency_ms: float = 0.0
+    backend: str, workers: int, tmp: Path, convex: str, latency_ms: float = 0.0, round_: int = 0
 ) -> Row:
     """Insert DRAIN_EVENTS as ``failed`` (so nobody takes them yet), start the workers,
     then make them all due at once with the store's replay verb and time the drain."""
-    tag = f"{backend}{workers}w{latency_ms:.0f}ms"
+    tag = f"{backend}{workers}w{latency_ms:.0f}ms{round_}"
     events = parked_events(DRAIN_EVENTS, tag)
     ids = {e.id for e in events}
     workdir = tmp / f"drain-{tag}"
@@ -197,9 +205,9 @@ def measure_drain(
         f"delivery, {workers} x relay worker (concurrency 4), Convex answers in "
         f"{latency_ms:.0f} ms",
         len(events) / span_s,
-        f"{len(events)} pre-inserted events drained in {span_s:.1f} s, first after "
-        f"{first_s * 1000:.0f} ms (direct store.insert: {insert_rate:.0f}/s)",
-        (workers, latency_ms),
+        f"round {round_ + 1}: {len(events)} pre-inserted events drained in {span_s:.1f} s, "
+        f"first after {first_s * 1000:.0f} ms (direct store.insert: {insert_rate:.0f}/s)",
+        (workers, latency_ms, round_),
     )
 
 
@@ -254,20 +262,31 @@ def render(rows: list[Row], elapsed: float, load: float, skipped: str | None) ->
 
 
 def ratios(rows: list[Row]) -> list[str]:
-    """The issue's two ratios, per stand-in latency, from this run's rows."""
+    """The issue's two ratios per stand-in latency, each taken within a round: the
+    median over the rounds and their range."""
     rate = {(r.backend, *r.drain): r.rate for r in rows if r.drain is not None}
     out = ["| Convex answers in | PostgreSQL / SQLite, 1 worker | 3 PostgreSQL workers / 1 |",
            "| --- | ---: | ---: |"]  # fmt: skip
-
-    def drain(backend: str, workers: int, latency: float) -> float | None:
-        return rate.get((backend, workers, latency))
-
     for latency in (0.0, CONVEX_LATENCY_MS):
-        sqlite1 = drain("sqlite", 1, latency)
-        pg1, pg3 = drain("postgres", 1, latency), drain("postgres", 3, latency)
-        if sqlite1 and pg1 and pg3:
-            out.append(f"| {latency:.0f} ms | {pg1 / sqlite1:.2f} | {pg3 / pg1:.2f} |")
+        vs_sqlite, scale = [], []
+        for round_ in range(DRAIN_ROUNDS):
+            sqlite1 = rate.get(("sqlite", 1, latency, round_))
+            pg1 = rate.get(("postgres", 1, latency, round_))
+            pg3 = rate.get(("postgres", 3, latency, round_))
+            if sqlite1 and pg1 and pg3:
+                vs_sqlite.append(pg1 / sqlite1)
+                scale.append(pg3 / pg1)
+        if vs_sqlite:
+            out.append(f"| {latency:.0f} ms | {_spread(vs_sqlite)} | {_spread(scale)} |")
     return [*out, ""] if len(out) > 2 else []
+
+
+def _spread(values: list[float]) -> str:
+    """``median (min-max, n rounds)``."""
+    return (
+        f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f},"
+        f" {len(values)} rounds)"
+    )
 
 
 def main() -> int:
@@ -295,10 +314,18 @@ def main() -> int:
             tempfile.TemporaryDirectory(prefix="relay-bench-") as tmpdir,
             ingest.standin(latency_ms) as convex,
         ):
-            for backend in backends:
-                for workers in WORKER_COUNTS:
-                    rows.append(measure_drain(backend, workers, Path(tmpdir), convex, latency_ms))
-                    print(f"{rows[-1].backend}: {rows[-1].what}: {rows[-1].rate:.0f}/s", flush=True)
+            for round_ in range(DRAIN_ROUNDS):
+                for backend in backends:
+                    for workers in WORKER_COUNTS:
+                        rows.append(
+                            measure_drain(
+                                backend, workers, Path(tmpdir), convex, latency_ms, round_
+                            )
+                        )
+                        print(
+                            f"{rows[-1].backend}: {rows[-1].what}: {rows[-1].rate:.0f}/s",
+                            flush=True,
+                        )
     table = render(rows, time.time() - started, load, skipped)
     out = BENCH / "results" / "delivery.md"
     out.parent.mkdir(exist_ok=True)
