@@ -21,8 +21,8 @@ SCAN_PAGE = 1000
 
 
 def find_event(store: Store, event_id: str) -> Event:
-    """The stored event ``event_id``, or :class:`NotFound` (404 on the admin API and
-    the console, the CLI's "not found") with the one wording all of them use."""
+    """The stored event ``event_id``, or :class:`NotFound` (a 404 with the same wording
+    on the admin API and the console; replays raise it too)."""
     event = store.get(event_id)
     if event is None:
         raise NotFound(f"no event {event_id!r}")

@@ -233,6 +233,9 @@ class Big:
     full_pass: int
     #: Statements the store ran prepared, with a generic plan (PostgreSQL).
     generic: set[str] = field(default_factory=set)
+    #: The store's own prepared statements after the hot paths, as its session saw them:
+    #: (name, generic plans, custom plans) from pg_prepared_statements.
+    plans_made: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 def sqlite_big(directory: Path) -> Iterator[Big]:
@@ -344,6 +347,11 @@ def postgres_big() -> Iterator[Big]:
             store.recorder = Recorder()  # the hot paths only, not the migrations
             run_hot_paths(store, shape, raw_due)
             recorded = dict(store.recorder.seen)
+            with store._tx() as conn:
+                plans_made = conn._conn.execute(
+                    "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements"
+                    " WHERE name LIKE 'relay%'"
+                ).fetchall()
             # Reading the table once: every one of its blocks.
             size = raw.execute("SELECT pg_relation_size('events') / 8192").fetchone()
             assert size is not None
@@ -359,6 +367,7 @@ def postgres_big() -> Iterator[Big]:
                     work,
                     int(size[0]),
                     generic=set(store.recorder.generic),
+                    plans_made=plans_made,
                 )
             finally:
                 store.close()
@@ -477,6 +486,11 @@ def test_postgres_claims_and_completions_run_prepared_with_generic_plans(big: Bi
     ]
     assert not_prepared == []
     assert all(statements_for(big.recorded, label, big.ph) for label in PREPARED_ON_POSTGRES)
+    # What the server did: the store's statements are prepared in its session and were
+    # only ever run with a generic plan (a custom plan is planned on every call).
+    assert big.plans_made, "no statement of the store is prepared in its session"
+    assert [(name, custom) for name, _, custom in big.plans_made if custom] == []
+    assert all(generic > 0 for _, generic, _ in big.plans_made)
 
 
 @pytest.mark.parametrize("label", [*HOT, *HOT_POSTGRES, *HOT_SQLITE])

@@ -14,7 +14,7 @@ from harness.factories import make_event
 from harness.postgres_server import fresh_schema
 from relay.errors import StoreError
 from relay.models import Outcome, Status
-from relay.store import open_store
+from relay.store import open_store, postgres
 from relay.store.postgres import PostgresStore
 from relay.store.postgres_schema import MIGRATIONS
 from tests.support.store_contract import LEASE, NOW, StoreContract, attempt
@@ -264,6 +264,43 @@ class TestPostgresStore(StoreContract):
             for event in claimed:
                 assert s.complete(event.id, "w1", attempt(), Outcome(Status.DELIVERED))
             assert s.counts()["delivered"] == 3
+            # The way it happens by itself: psycopg prepares a statement it runs often
+            # (counts, six times), and after a rolled-back transaction deallocates every
+            # prepared statement of the session, ours with its own.
+            s.insert(make_event(event_id="msg_3", entity_id="user_3"))
+            for _ in range(6):
+                s.counts()
+            with pytest.raises(StoreError):
+                s._query("SELECT 1 / 0")
+            [last] = s.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)
+            assert s.complete(last.id, "w1", attempt(), Outcome(Status.DELIVERED))
+            assert s.counts()["delivered"] == 4
+        finally:
+            s.close()
+
+    def test_a_claim_never_leases_a_candidate_its_decision_did_not_answer_for(
+        self, store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The candidates reach the decision through a transaction-local setting; if that
+        hand-off ever came back empty, a keyed candidate would look like a free head.
+        The claim fails closed instead (nothing leased), and the next one leases it."""
+        store.insert(make_event(event_id="msg_1", entity_id="user_1"))
+        monkeypatch.setattr(postgres, "_DECISION", "SELECT 1::bigint WHERE %s::bigint < 0")
+        with pytest.raises(StoreError, match="no decision"):
+            store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)
+        monkeypatch.undo()
+        assert [e.id for e in store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=10)] == ["msg_1"]
+
+    def test_sessions_read_committed_whatever_the_database_defaults_to(self, pg_url: str) -> None:
+        """The claim's decision and the completion's unpark rely on a fresh snapshot per
+        statement: the store's sessions are READ COMMITTED even when the URL (or the
+        role, or the database) asks for another isolation level."""
+        asks = "options=-c%20default_transaction_isolation%3Dserializable%20"
+        s = PostgresStore(pg_url.replace("options=", asks))
+        try:
+            with s._tx() as conn:
+                row = conn.execute("SHOW transaction_isolation").fetchone()
+            assert row == ("read committed",)
         finally:
             s.close()
 

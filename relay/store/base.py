@@ -4,7 +4,8 @@ A backend subclasses :class:`SQLStoreBase`, sets :attr:`PH` (``?`` or ``%s``) an
 provides ``_query`` (one statement, rows back) and ``_tx`` (a connection inside a
 committed transaction). What stays in the backends is where they differ: ingest (the
 SQLite group commit, PostgreSQL's insert-and-notify), the candidate read of a claim and
-its locking, wake-ups, export paging and PostgreSQL's set-based completions.
+its locking (PostgreSQL runs a whole claim round in two round trips), wake-ups and
+PostgreSQL's set-based completions.
 """
 
 from __future__ import annotations

@@ -157,6 +157,8 @@ LISTEN_MAX_BACKOFF_S = 30.0
 LISTEN_POLL_S = 0.5
 
 
+#: The statements :meth:`PostgresStore._script` prepared in this session.
+_OURS_PREPARED = "SELECT name FROM pg_prepared_statements WHERE name LIKE 'relay\\_%'"
 #: One statement of :meth:`PostgresStore._script`: SQL with ``%s`` placeholders and its
 #: parameters (run prepared), or a plain command such as ``BEGIN``.
 Statement = tuple[str, Sequence[Any]] | str
@@ -248,13 +250,18 @@ class PostgresStore(SQLStoreBase):
             ConnectionPool.check_connection(conn)
 
     def _conninfo(self) -> str:
-        """The URL, plus ``synchronous_commit=off`` when commits need not wait (see
-        :func:`relay.store.open_store`), kept beside any ``options`` the URL carries."""
-        if self._sync_commits:
-            return self._url
+        """The URL, plus what the relay's sessions need, after any ``options`` the URL
+        carries (a later ``-c`` wins): READ COMMITTED whatever the database or role
+        defaults to (a claim's decision and a completion's unpark must see what was
+        committed before their locks were taken, which a transaction-wide snapshot would
+        not), and ``synchronous_commit=off`` when commits need not wait (see
+        :func:`relay.store.open_store`)."""
         params = conninfo_to_dict(self._url)
-        options = f"{params.get('options') or ''} -c synchronous_commit=off".strip()
-        return make_conninfo("", **{**params, "options": options})
+        settings = [r"default_transaction_isolation=read\ committed"]
+        if not self._sync_commits:
+            settings.append("synchronous_commit=off")
+        options = " ".join([str(params.get("options") or ""), *(f"-c {s}" for s in settings)])
+        return make_conninfo("", **{**params, "options": options.strip()})
 
     @contextlib.contextmanager
     def _tx(self, timeout_s: float | None = None) -> Iterator[psycopg.Connection[Any]]:
@@ -321,6 +328,11 @@ class PostgresStore(SQLStoreBase):
             # (their lock not taken) are left for later.
             mine = [sql.row_to_event(r[:-1]) for r in rows if r[-1]]
             mine.sort(key=lambda e: (e.next_attempt_at_ms or 0, e.seq))
+            # An unanswered candidate would be taken for a free head: never lease on
+            # a hand-off that did not happen (the claim rolls back; the next one retries).
+            unanswered = {e.seq for e in mine if e.object_key} - {a[0] for a in answers}
+            if unanswered:
+                raise StoreError(f"claim: no decision for candidates {sorted(unanswered)}")
             decision = ordering.decide(mine, answers, limit=limit)
             writes = ordering.statements(
                 self.PH, decision, worker_id=worker_id, now_ms=now_ms, lease_ms=lease_ms
@@ -381,8 +393,10 @@ class PostgresStore(SQLStoreBase):
                 if conn.info.transaction_status != TransactionStatus.IDLE:
                     with contextlib.suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
-                with contextlib.suppress(psycopg.Error):
+                try:
                     conn.autocommit = False
+                except psycopg.Error:
+                    conn.close()  # the pool drops it: never hand out an autocommit one
 
     def _script(
         self, conn: psycopg.Connection[Any], statements: Sequence[Statement]
@@ -402,15 +416,23 @@ class PostgresStore(SQLStoreBase):
         starts_clean = conn.info.transaction_status == TransactionStatus.IDLE
         try:
             return self._send_script(conn, statements)
-        except psycopg.errors.InvalidSqlStatementName:
-            # Our statements were deallocated behind our back (DEALLOCATE ALL, a
-            # pooler handing us another session): learn what is there and send it
-            # again, if nothing of an earlier script is lost with the transaction.
+        except (
+            psycopg.errors.InvalidSqlStatementName,  # deallocated behind our back
+            psycopg.errors.FeatureNotSupported,  # "cached plan must not change result type"
+        ) as exc:
+            # Statements gone (DEALLOCATE ALL, a pooler handing us another session) or
+            # stale (a migration changed what they return): forget ours and send the
+            # script again, prepared afresh, if no earlier script's work is lost with
+            # the transaction.
             self._prepared_on.pop(conn, None)
-            if not starts_clean:
-                raise
             if conn.info.transaction_status != TransactionStatus.IDLE:
                 conn.execute("ROLLBACK")
+            stale = isinstance(exc, psycopg.errors.FeatureNotSupported)
+            if stale:
+                for (name,) in conn.execute(_OURS_PREPARED).fetchall():
+                    conn.execute(f"DEALLOCATE {name}")
+            if not starts_clean:
+                raise
             return self._send_script(conn, statements)
 
     def _send_script(
@@ -418,12 +440,7 @@ class PostgresStore(SQLStoreBase):
     ) -> list[list[tuple[Any, ...]]]:
         known = self._prepared_on.get(conn)
         if known is None:  # a new connection, or one whose state an error left unsure
-            known = {
-                name
-                for (name,) in conn.execute(
-                    "SELECT name FROM pg_prepared_statements WHERE name LIKE 'relay\\_%'"
-                ).fetchall()
-            }
+            known = {name for (name,) in conn.execute(_OURS_PREPARED).fetchall()}
             self._prepared_on[conn] = known
         parts: list[str] = []
         params: list[Any] = []
@@ -441,7 +458,11 @@ class PostgresStore(SQLStoreBase):
                 if name not in known:
                     parts.append(f"PREPARE {name} AS {numbered_placeholders(text)}")
                     known.add(name)
-                parts.append(f"EXECUTE {name}({', '.join(['%s'] * len(args))})")
+                parts.append(
+                    f"EXECUTE {name}({', '.join(['%s'] * len(args))})"
+                    if args
+                    else f"EXECUTE {name}"
+                )
                 params.extend(args)
             picks.append(len(parts) - 1)
         cur = psycopg.ClientCursor(conn)
