@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import FrameType
 
 import structlog
@@ -49,6 +49,9 @@ LOW_PRIORITY_NICE = 19
 HEARTBEAT_INTERVAL_S = 5.0
 #: A stop signal repeated within this many seconds of the first is the same stop.
 REPEAT_SIGNAL_WINDOW_S = 1.0
+#: While attempts finish after a stop, the loop thread wakes this often to run signal
+#: handlers (well inside REPEAT_SIGNAL_WINDOW_S).
+SIGNAL_CHECK_S = 0.1
 #: "No retry of ours is due": later than any clock reading in milliseconds.
 _NEVER_MS = 2**63
 
@@ -170,10 +173,26 @@ class Worker:
                 self._fill(pool)
                 self._wake.wait(self._wait_s())
         finally:
-            pool.shutdown(wait=True)
+            self._finish_in_flight(pool)
             self.recorder.stop()
             stop_listening()
             log.info("worker_stopped", worker_id=self.worker_id)
+
+    def _finish_in_flight(self, pool: ThreadPoolExecutor) -> None:
+        """Let the attempts in flight end, looking up every :data:`SIGNAL_CHECK_S`.
+
+        A signal the kernel hands to another thread runs its Python handler only when
+        this (main) thread runs again: behind an untimed join, a process-group Ctrl-C
+        and serve's forwarded SIGTERM, sent together, were handled one attempt apart
+        and taken for a second request (a cold exit, seen in CI).
+        """
+        while True:
+            with self._lock:
+                pending = set(self._in_flight)
+            if not pending:
+                break
+            wait(pending, timeout=SIGNAL_CHECK_S)
+        pool.shutdown(wait=True)
 
     def _wait_s(self) -> float:
         """Until the next poll, or sooner if a retry this worker scheduled comes due."""
