@@ -366,8 +366,8 @@ def ingest_ratio(s: SizeResult) -> float:
     """Mean backlog req/s over mean empty-store req/s, over the pairs."""
     if not s.ingest or not s.empty_ingest:
         return float("nan")
-    return statistics.mean(i["rps"] for i in s.ingest) / statistics.mean(
-        i["rps"] for i in s.empty_ingest
+    return statistics.mean(float(i["rps"]) for i in s.ingest) / statistics.mean(
+        float(i["rps"]) for i in s.empty_ingest
     )
 
 

@@ -7,7 +7,7 @@ a durable commit and logging over bare Flask under the same gunicorn.
 
 from __future__ import annotations
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 app = Flask("hello")
 
@@ -18,6 +18,6 @@ def hello() -> str:
 
 
 @app.post("/webhooks/clerk")
-def webhook() -> object:
+def webhook() -> Response:
     request.get_data()
     return jsonify({"status": "accepted"})

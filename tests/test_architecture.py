@@ -29,13 +29,12 @@ def test_bench_and_harness_never_import_the_tests() -> None:
     offenders = []
     for path in sorted([*root.glob("bench/*.py"), *root.glob("harness/*.py")]):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom) and node.level == 0
-                else []
-            )
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
             offenders += [
                 f"{path.relative_to(root)}:{node.lineno} {n}"
                 for n in names

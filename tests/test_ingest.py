@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from flask.testing import FlaskClient
@@ -14,6 +15,12 @@ from relay import create_app
 from relay.models import Status
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
+
+
+class HeadersKw(TypedDict, total=False):
+    """Keyword arguments for ``signed_headers`` in the parametrized cases."""
+
+    secret: str
 
 
 def post(
@@ -85,7 +92,7 @@ def test_bad_requests_get_json_errors(
     client: FlaskClient,
     store: SQLiteStore,
     body: bytes,
-    headers_kw: dict[str, str],
+    headers_kw: HeadersKw,
     status: int,
     error: str,
 ) -> None:

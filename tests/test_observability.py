@@ -82,6 +82,7 @@ def test_metrics_sum_every_process(relay: RelayProcess, standin: TrackingStandIn
         return text if done >= 12 else None
 
     text = wait_until(settled, 20, "delivery counters")
+    assert text is not None
     received = metric(
         text, "relay_events_received_total", type="user.created", outcome="accepted"
     ) - metric(before, "relay_events_received_total", type="user.created", outcome="accepted")
@@ -113,6 +114,7 @@ def test_a_metrics_port_serves_metrics_and_takes_them_off_the_public_port(
             return text if metric(text, "relay_deliveries_total", outcome="delivered") else None
 
         text = wait_until(delivered, 20, "the worker's counter on the metrics port")
+        assert text is not None
         assert (
             metric(text, "relay_events_received_total", type="user.created", outcome="accepted")
             == 1
@@ -160,6 +162,7 @@ def test_a_worker_alone_serves_its_metrics_on_the_metrics_port(
             20,
             "the counter",
         )
+        assert text is not None
         assert metric(text, "relay_events", status="delivered") == 1
         assert worker.stop() == 0
 
@@ -197,6 +200,7 @@ def test_readyz_reports_store_and_worker(relay: RelayProcess) -> None:
     body = wait_until(
         lambda: (r := relay.get("/readyz")).status_code == 200 and r.json(), 20, "readiness"
     )
+    assert body  # wait_until returns only truthy values: the JSON reply
     assert body["checks"] == {"store": "ok", "worker": "ok", "ingest": "ok"}
 
 
@@ -225,6 +229,7 @@ def test_logs_are_json_lines_with_canonical_fields(
         20,
         "log lines",
     )
+    assert lines is not None
     for raw in relay.log().splitlines():
         json.loads(raw)  # raises on any non-JSON line (gunicorn's own included)
     request = next(x for x in lines if x["event"] == "request_handled")
@@ -243,6 +248,7 @@ def test_logs_are_json_lines_with_canonical_fields(
         20,
         "attempt line",
     )
+    assert attempt is not None
     assert attempt["event_id"] == event_id and attempt["status"] == 200
     assert attempt["target"].endswith("/clerk-users-webhook")
     assert attempt["outcome"] == "delivered" and attempt["duration_ms"] >= 0
@@ -258,7 +264,8 @@ def test_each_gunicorn_worker_says_when_it_accepts(relay: RelayProcess) -> None:
         ready = {x["pid"] for x in lines if x["event"] == "worker_ready"}
         return ready if len(booted) == 2 and ready == booted else None
 
-    assert len(wait_until(ready_pids, 20, "worker_ready lines")) == 2
+    pids = wait_until(ready_pids, 20, "worker_ready lines")
+    assert pids is not None and len(pids) == 2
 
 
 def test_secrets_and_payloads_never_reach_the_log(relay: RelayProcess) -> None:

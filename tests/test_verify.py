@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import pytest
@@ -15,6 +15,9 @@ from relay.errors import BadRequest, Unauthorized
 from relay.verify import Verifier, read_headers
 
 VECTORS = json.loads((FIXTURES / "svix-vectors.json").read_text())
+
+#: ``frozen_at``: freezes svix's clock at a Unix timestamp and returns it as ``now_s``.
+Freeze = Callable[[int], float]
 
 
 def _payload(vector: dict[str, Any]) -> str:
@@ -29,25 +32,22 @@ def _vector(vid: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def frozen_at() -> Iterator[Any]:
+def frozen_at(monkeypatch: pytest.MonkeyPatch) -> Freeze:
     """Freeze svix's clock (it has no ``now`` parameter) at a vector's timestamp."""
-    original = standardwebhooks.webhooks.datetime
-    holder: dict[str, datetime] = {}
 
     class Frozen(datetime):
         @classmethod
-        def now(cls, tz: Any = None) -> Frozen:  # type: ignore[override]
-            return holder["now"]  # type: ignore[return-value]
+        def now(cls, tz: tzinfo | None = None) -> Frozen:
+            return holder["now"]
+
+    holder: dict[str, Frozen] = {}
 
     def freeze(ts: int) -> float:
         holder["now"] = Frozen.fromtimestamp(ts, UTC)
         return float(ts)
 
-    standardwebhooks.webhooks.datetime = Frozen  # type: ignore[misc]
-    try:
-        yield freeze
-    finally:
-        standardwebhooks.webhooks.datetime = original  # type: ignore[misc]
+    monkeypatch.setattr(standardwebhooks.webhooks, "datetime", Frozen)
+    return freeze
 
 
 def _headers(msg_id: str, ts: int | str, sig: str) -> dict[str, str]:
@@ -55,7 +55,7 @@ def _headers(msg_id: str, ts: int | str, sig: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("vector", VECTORS["vectors"], ids=lambda v: v["id"])
-def test_public_vectors_verify(vector: dict[str, Any], frozen_at: Any) -> None:
+def test_public_vectors_verify(vector: dict[str, Any], frozen_at: Freeze) -> None:
     """Every public Svix vector verifies with its secret at its own timestamp."""
     now = frozen_at(int(vector["timestamp"]))
     headers = _headers(vector["msg_id"], vector["timestamp"], vector["expected_signature"])
@@ -64,7 +64,7 @@ def test_public_vectors_verify(vector: dict[str, Any], frozen_at: Any) -> None:
 
 
 @pytest.mark.parametrize("vector", VECTORS["negative_vectors"], ids=lambda v: v["id"])
-def test_negative_vectors_are_unauthorized(vector: dict[str, Any], frozen_at: Any) -> None:
+def test_negative_vectors_are_unauthorized(vector: dict[str, Any], frozen_at: Freeze) -> None:
     """Signatures that do not match are 401, never 500."""
     base = _vector(vector["based_on"])
     now = frozen_at(int(base["timestamp"]))
@@ -78,7 +78,7 @@ def test_negative_vectors_are_unauthorized(vector: dict[str, Any], frozen_at: An
         verifier.verify(_payload(base).encode(), headers, now_s=now)
 
 
-def test_multi_signature_header_with_one_valid_entry(frozen_at: Any) -> None:
+def test_multi_signature_header_with_one_valid_entry(frozen_at: Freeze) -> None:
     """A header listing several signatures verifies if any v1 entry matches."""
     vector = next(v for v in VECTORS["multi_signature_headers"] if v["id"] == "multi-sig-one-valid")
     base = _vector(vector["based_on"])
@@ -87,7 +87,7 @@ def test_multi_signature_header_with_one_valid_entry(frozen_at: Any) -> None:
     assert Verifier([base["secret"]]).verify(_payload(base).encode(), headers, now_s=now)
 
 
-def test_rotation_header_verifies_with_either_secret(frozen_at: Any) -> None:
+def test_rotation_header_verifies_with_either_secret(frozen_at: Freeze) -> None:
     """Clerk's rotation header is accepted by the old secret alone and by the new alone."""
     local = VECTORS["locally_generated_not_public"]["vectors"]
     rot = next(v for v in local if v["id"] == "local-clerk-rotation-two-secrets")
