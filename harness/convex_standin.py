@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from svix.webhooks import Webhook, WebhookVerificationError
 
@@ -95,7 +95,7 @@ class ConvexStandIn:
         self.fail_next(n, 200, body={"status": "error", "errorMessage": message})
 
     @contextmanager
-    def running(self) -> Iterator[ConvexStandIn]:
+    def running(self) -> Iterator[Self]:
         standin = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -265,9 +265,9 @@ class TrackingStandIn(ConvexStandIn):
             with self.lock:
                 self.in_flight[key] -= 1
 
-    def down(self) -> None:
-        """Answer 503 to everything until :meth:`up`."""
-        self.fail_next(100_000, 503)
+    def down(self, status: int = 503) -> None:
+        """Answer ``status`` to everything until :meth:`up`."""
+        self.fail_next(100_000, status)
 
     def up(self) -> None:
         """Succeed again (drops every scripted reply and any hang)."""

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -47,6 +48,7 @@ WAIT_S = 30.0
 def _require_browser() -> Any:
     """The Playwright sync API, or a skip (a failure under CI) naming what is missing."""
     missing = []
+    sync_api: ModuleType | None
     try:
         from playwright import sync_api
     except ImportError:
@@ -176,7 +178,11 @@ def test_operator_replays_a_failed_event_in_the_browser(
     ]
     for n, (event_type, entity) in enumerate(others):
         _send(relay_url, event_type, f"msg_browser_ok{n}", entity_id=entity)
-        _until("a delivery", lambda n=n: _status(relay_url, f"msg_browser_ok{n}") == "delivered")
+
+        def delivered(n: int = n) -> bool:
+            return _status(relay_url, f"msg_browser_ok{n}") == "delivered"
+
+        _until("a delivery", delivered)
 
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

@@ -595,11 +595,16 @@ def test_a_function_reply_is_judged_by_its_status(
     assert (response.excerpt is None) is (convex_status == "success")
 
 
-def test_the_prepared_request_is_what_the_transport_gets(settings: Settings) -> None:
+def test_the_prepared_request_is_what_the_transport_gets(
+    settings: Settings, store: SQLiteStore
+) -> None:
     """The transport is handed the signed request as prepared, nothing added or lost."""
     transport = replying(200)
     d = Deliverer(settings, transport)
-    request = d.prepare(make_event("user.created", event_id="msg_seen"))
+    store.insert(make_event("user.created", event_id="msg_seen"))
+    event = store.get("msg_seen")
+    assert event is not None
+    request = d.prepare(event)
     assert d.send(request).status_code == 200
     assert transport.requests == [request]
     assert request.headers["svix-id"] == "msg_seen"

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,11 +140,14 @@ def official_relay(
 
 def clerk_state(clerk: ClerkEmulator) -> Rows:
     """Clerk's objects as examples/convex rows."""
-    decode = lambda c: [json.loads(raw) for _, raw in c.items.values()]  # noqa: E731
+
+    def decode(items: Mapping[str, tuple[int, bytes]]) -> list[dict[str, Any]]:
+        return [json.loads(raw) for _, raw in items.values()]
+
     rows: Rows = {
-        "users": [user_row(u) for u in decode(clerk.users)],
-        "organizations": [org_row(o) for o in decode(clerk.organizations)],
-        "memberships": [membership_row(m) for m in decode(clerk.memberships)],
+        "users": [user_row(u) for u in decode(clerk.users.items)],
+        "organizations": [org_row(o) for o in decode(clerk.organizations.items)],
+        "memberships": [membership_row(m) for m in decode(clerk.memberships.items)],
     }
     return {table: sorted(found, key=lambda r: r["externalId"]) for table, found in rows.items()}
 

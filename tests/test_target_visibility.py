@@ -40,7 +40,12 @@ def test_an_outage_is_visible_everywhere_and_ends_by_itself(tmp_path: Path) -> N
                 detail: dict[str, object] = relay.get("/readyz").json()["target"]
                 return detail
 
-            down = wait_until(lambda: (t := target())["state"] == "down" and t, 30, "down")
+            def down_detail() -> dict[str, object] | None:
+                t = target()
+                return t if t["state"] == "down" else None
+
+            down = wait_until(down_detail, 30, "down")
+            assert down is not None  # wait_until returns only a truthy value
             assert "503" in str(down["reason"]) and down["since"]
             wait_until(lambda: target()["probes"], 10, "a probe")
             text = relay.get("/metrics").text

@@ -25,4 +25,6 @@ def settled(store: Store, event_id: str, timeout: float = 30.0) -> Event:
         event = store.get(event_id)
         return event if event is not None and event.status in TERMINAL else None
 
-    return wait_until(done, timeout, f"{event_id} to settle")
+    event = wait_until(done, timeout, f"{event_id} to settle")
+    assert event is not None  # wait_until returns only a truthy value
+    return event

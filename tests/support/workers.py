@@ -46,12 +46,18 @@ def make_worker(
 
 
 def mutation_worker(
-    settings: Settings, store: SQLiteStore, convex: ConvexStandIn, **overrides: object
+    settings: Settings,
+    store: SQLiteStore,
+    convex: ConvexStandIn,
+    *,
+    clock: Clock | None = None,
+    **overrides: object,
 ) -> Worker:
     return make_worker(
         settings,
         store,
         convex,
+        clock=clock,
         target="mutation",
         convex_url=convex.url,
         convex_deploy_key=KEY,
