@@ -162,11 +162,6 @@ def look_again(decision: Decision, rows_read: int, batch: int) -> bool:
     return rows_read >= batch and bool(decision.park or decision.supersede)
 
 
-def seqs_clause(ph: str, seqs: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
-    """``seq`` among ``seqs`` (see :func:`relay.store.sql.among`)."""
-    return sql.among(ph, "seq", seqs)
-
-
 def statements(
     ph: str, decision: Decision, *, worker_id: str, now_ms: int, lease_ms: int
 ) -> list[tuple[str, tuple[Any, ...]]]:
@@ -178,7 +173,7 @@ def statements(
     expires = now_ms + lease_ms
     out: list[tuple[str, tuple[Any, ...]]] = []
     if decision.park:
-        where, params = seqs_clause(ph, decision.park)
+        where, params = sql.among(ph, "seq", decision.park)
         out.append((f"UPDATE events SET next_attempt_at = NULL WHERE {where}", params))
     for seq, newer_id in decision.supersede:
         out.append(
@@ -193,7 +188,7 @@ def statements(
     if decision.lease:
         # next_attempt_at moves to the lease's end: leased rows leave the claim index,
         # and a dead worker's event comes due again when its lease runs out.
-        where, params = seqs_clause(ph, [e.seq for e in decision.lease])
+        where, params = sql.among(ph, "seq", [e.seq for e in decision.lease])
         out.append(
             (
                 f"UPDATE events SET lease_owner = {ph}, lease_expires_at = {ph},"

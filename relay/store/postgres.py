@@ -330,7 +330,7 @@ class PostgresStore(SQLStoreBase):
             mine.sort(key=lambda e: (e.next_attempt_at_ms or 0, e.seq))
             # An unanswered candidate would be taken for a free head: never lease on
             # a hand-off that did not happen (the claim rolls back; the next one retries).
-            unanswered = {e.seq for e in mine if e.object_key} - {a[0] for a in answers}
+            unanswered = {e.seq for e in mine if e.object_key is not None} - {a[0] for a in answers}
             if unanswered:
                 raise StoreError(f"claim: no decision for candidates {sorted(unanswered)}")
             decision = ordering.decide(mine, answers, limit=limit)
@@ -385,10 +385,7 @@ class PostgresStore(SQLStoreBase):
         with self._tx() as conn:
             conn.autocommit = True
             try:
-                yield conn
-            except BaseException:
-                self._prepared_on.pop(conn, None)  # a PREPARE may or may not have stuck
-                raise
+                yield conn  # on an error, _tx forgets what this connection has prepared
             finally:
                 if conn.info.transaction_status != TransactionStatus.IDLE:
                     with contextlib.suppress(psycopg.Error):
