@@ -256,8 +256,8 @@ class Worker:
         with self._lock:
             self._in_flight.discard(future)
             busy = len(self._in_flight)
-        # Wake the loop only when it would claim: each wake-up is a thread switch,
-        # and one per finished attempt was a measurable part of a worker's CPU.
+        # Wake the loop only when it would claim (see _claims_now): a wake-up that
+        # claims nothing is a thread switch for nothing.
         if self._claims_now(busy):
             self._wake.set()
 
