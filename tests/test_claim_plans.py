@@ -33,7 +33,12 @@ from harness.backlog import Backlog, fill_postgres, fill_sqlite, make_due
 from harness.factories import make_event
 from harness.postgres_server import fresh_schema
 from relay.models import Attempt, EventFilter, Outcome, Status
-from relay.store.postgres import CLAIM_SEQS, PostgresStore, numbered_placeholders
+from relay.store.postgres import (
+    CLAIM_SEQS,
+    PLAN_SETTINGS,
+    PostgresStore,
+    numbered_placeholders,
+)
 from relay.store.sqlite import SQLiteStore
 
 EVENTS = 100_000
@@ -205,6 +210,10 @@ NO_SORT = {
     "unpark an object's head",
     "complete: unpark heads, one statement",
 }
+#: PostgreSQL takes a page of each status asked for from the index, in order, and sorts
+#: those pages together (at most the limit per status; a sort of more than 1,000
+#: estimated rows still fails, and the work test below catches a sort of every row).
+SORTS_PAGES_ON_POSTGRES = {"list pending, newest first"}
 
 
 def statements_for(recorded: dict[str, Any], label: str, ph: str) -> list[tuple[str, Any]]:
@@ -302,13 +311,15 @@ def explain_as_run(
         assert claim_seqs is not None
         raw.execute("SELECT set_config(%s, %s, false)", (CLAIM_SEQS, claim_seqs))
     raw.execute(f"PREPARE plan_check AS {numbered_placeholders(statement)}")
-    raw.execute("SET plan_cache_mode = force_generic_plan")
+    for name, value in PLAN_SETTINGS:  # as the store's scripts set them
+        raw.execute(f"SET {name} = {value}")
     try:
         args = ", ".join(["%s"] * len(params))
         cur = psycopg.ClientCursor(raw)
         return cur.execute(f"EXPLAIN ({options}) EXECUTE plan_check({args})", params).fetchone()
     finally:
-        raw.execute("RESET plan_cache_mode")
+        for name, _ in PLAN_SETTINGS:
+            raw.execute(f"RESET {name}")
         raw.execute("DEALLOCATE plan_check")
 
 
@@ -507,7 +518,10 @@ def test_plan_uses_an_index_and_never_reads_events_in_full(big: Big, label: str)
     report = {}
     for statement, params in found:
         plan = big.explain(statement, params)
-        problems = judge(statement, plan, no_sort=label in NO_SORT)
+        no_sort = label in NO_SORT and not (
+            big.backend == "postgres" and label in SORTS_PAGES_ON_POSTGRES
+        )
+        problems = judge(statement, plan, no_sort=no_sort)
         if problems:
             report[statement] = {"plan": plan, "problems": problems}
     assert report == {}
@@ -601,4 +615,67 @@ def test_postgres_claims_survive_statistics_taken_during_an_outage() -> None:
             # With the sargable probe: 28,239 blocks (12 passes over the table) for the
             # 32 candidates; through the object's own entries: about 530.
             assert touched < blocks[0], json.dumps(row[0], indent=1)
+        store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_plans_do_not_depend_on_statistics_taken_while_nothing_was_pending() -> None:
+    """The other side of an outage: statistics taken on a quiet day, when no event was
+    pending, must not make a claim or a completion read every pending event once a
+    backlog is pending again. With such statistics PostgreSQL took the pending-only
+    indexes for one row each: the claim probed each candidate's object by reading all of
+    events_pending_received, and the completion hashed every parked event to unpark a
+    few heads. Seen in bench/delivery.py, where one drain in eight fell from ~450 to ~100
+    events/s (PostgreSQL 5-9 ms of CPU per event) after autovacuum ANALYZEd a store whose
+    every event had failed, just before the replay. Each claim and completion statement,
+    run as the store runs it (its generic plan), does less than a tenth of one pass over
+    the table. (A small store: with more events the estimates grow and the planner
+    chooses well without the fix, and four events per user, so that the claim's probes
+    of each user's own events stay small beside a pass.)"""
+    shape = Backlog("quiet", 40_000, 10_000, 4, 0, NOW)
+    with fresh_schema() as schema_url:
+        url = f"{schema_url}%20-cstatement_timeout%3D10000"  # the bad plans ran for minutes
+        store = RecordingPostgresStore(url)
+        store.recorder = Recorder()
+        store.migrate()
+        with psycopg.connect(url, autocommit=True) as raw:
+            raw.execute("ALTER TABLE events SET (autovacuum_enabled = false)")
+            fill_postgres(url, shape)  # every event pending: a head each, followers parked
+            # A quiet day: everything delivered, and ANALYZE sees it so. Then the backlog.
+            raw.execute("CREATE TEMP TABLE backlog AS SELECT seq, status FROM events")
+            raw.execute("UPDATE events SET status = 'delivered'")
+            raw.execute("ANALYZE events")
+            raw.execute("UPDATE events e SET status = b.status FROM backlog b WHERE b.seq = e.seq")
+            make_due(raw, "%s", [shape.head_seq(o) for o in range(64)], NOW)
+            store.recorder = Recorder()
+            claimed = store.claim(WORKER, now_ms=NOW, lease_ms=LEASE_MS, limit=16)
+            assert len(claimed) == 16
+            done = Attempt(at_ms=NOW, target="t", status_code=200, duration_ms=1.0, outcome="ok")
+            kept = store.complete_many(
+                WORKER, [(e.id, done, Outcome(Status.DELIVERED)) for e in claimed]
+            )
+            assert kept == [True] * 16
+
+            size = raw.execute("SELECT pg_relation_size('events') / 8192").fetchone()
+            assert size is not None
+            work = {}
+            for label in PREPARED_ON_POSTGRES:
+                for statement, params in statements_for(store.recorder.seen, label, "%s"):
+                    with raw.transaction(force_rollback=True):
+                        row = explain_as_run(
+                            raw,
+                            statement,
+                            params,
+                            "ANALYZE, BUFFERS, FORMAT JSON",
+                            generic=statement in store.recorder.generic,
+                            claim_seqs=store.recorder.claim_seqs,
+                        )
+                    assert row is not None
+                    top = row[0][0]["Plan"]
+                    work[label] = top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
+            assert "claim decision (head, leased, newer delivered)" in work
+            assert "complete: unpark heads, one statement" in work
+            # Before: the decision touched 23 passes' worth of blocks, the unpark 0.4.
+            heavy = {label: blocks for label, blocks in work.items() if blocks > size[0] // 10}
+            assert heavy == {}, f"one pass over events: {size[0]} blocks; all: {work}"
         store.close()

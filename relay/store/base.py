@@ -169,18 +169,26 @@ class SQLStoreBase(RunsAndLeases):
         return dataclasses.replace(event, body_conflicts=conflicts) if conflicts else event
 
     def list_events(self, flt: EventFilter, *, limit: int, cursor: str | None = None) -> Page:
-        ph = self.PH
-        where, params = sql.filter_clause(flt, ph)
-        if cursor is not None:
-            where += f" AND seq < {ph}"
-            params.append(sql.decode_cursor(cursor))
-        rows = self._query(
-            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT {ph}",
-            [*params, limit + 1],
-        )
+        before = None if cursor is None else sql.decode_cursor(cursor)
+        rows = self._query(*self._list_query(flt, before, limit + 1))
         events = [sql.row_to_event(r) for r in rows[:limit]]
         more = len(rows) > limit
         return Page(events, sql.encode_cursor(events[-1].seq) if more and events else None)
+
+    def _list_query(
+        self, flt: EventFilter, before: int | None, limit: int
+    ) -> tuple[str, list[Any]]:
+        """:meth:`list_events`' statement: the newest ``limit`` events matching ``flt``
+        (with ``seq`` below ``before``, if given), newest first."""
+        ph = self.PH
+        where, params = sql.filter_clause(flt, ph)
+        if before is not None:
+            where += f" AND seq < {ph}"
+            params.append(before)
+        return (
+            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT {ph}",
+            [*params, limit],
+        )
 
     def counts(self) -> dict[str, int]:
         # Kept by triggers on events (see the schema): five rows, whatever the store holds.

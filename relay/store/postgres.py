@@ -35,6 +35,7 @@ Wake-ups use ``LISTEN/NOTIFY`` on the channel :data:`CHANNEL`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -56,6 +57,7 @@ from psycopg_pool import ConnectionPool
 from relay.errors import StoreError
 from relay.models import (
     Attempt,
+    EventFilter,
     NewEvent,
     Outcome,
     Status,
@@ -157,6 +159,18 @@ LISTEN_MAX_BACKOFF_S = 30.0
 LISTEN_POLL_S = 0.5
 
 
+#: How :meth:`PostgresStore._script` has its prepared statements planned, set for its
+#: transaction only. Generic plans: planned once per connection instead of on every
+#: call (planning cost more than running). No hash or merge joins: every statement
+#: there joins a handful of rows (a claim's candidates, a batch's events) to their
+#: rows in ``events`` through an index, and the planner's estimates of how many rows
+#: are pending cannot be trusted while a backlog builds up or drains; with them it
+#: hashed every parked event to unpark 16 heads (tests/test_claim_plans.py).
+PLAN_SETTINGS = (
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+)
 #: The statements :meth:`PostgresStore._script` prepared in this session.
 _OURS_PREPARED = "SELECT name FROM pg_prepared_statements WHERE name LIKE 'relay\\_%'"
 #: One statement of :meth:`PostgresStore._script`: SQL with ``%s`` placeholders and its
@@ -402,9 +416,10 @@ class PostgresStore(SQLStoreBase):
 
         A statement with parameters runs as a prepared statement of this session (the
         first script to need it on a connection prepares it, in the same round trip)
-        with a generic plan, so it is planned once per connection instead of on every
-        call; a plain string (``BEGIN``, ``COMMIT``) runs as it is. The parameters
-        are bound on the client and everything travels as one simple query: in
+        with a generic plan (:data:`PLAN_SETTINGS`), so it is planned once per
+        connection instead of on every call; a plain string (``BEGIN``, ``COMMIT``)
+        runs as it is. The parameters are bound on the client and everything travels
+        as one simple query: in
         autocommit mode the statements run as one transaction unless they say
         otherwise, each with its own snapshot (READ COMMITTED), stopping at the first
         error. Measured on one worker, a statement per round trip and a plan per
@@ -450,7 +465,7 @@ class PostgresStore(SQLStoreBase):
                 text, args = statement
                 name = prepared_name(text)
                 if not generic:
-                    parts.append("SET LOCAL plan_cache_mode = force_generic_plan")
+                    parts.extend(f"SET LOCAL {key} = {value}" for key, value in PLAN_SETTINGS)
                     generic = True
                 if name not in known:
                     parts.append(f"PREPARE {name} AS {numbered_placeholders(text)}")
@@ -470,6 +485,27 @@ class PostgresStore(SQLStoreBase):
             if not cur.nextset():
                 break
         return [results[i] for i in picks]
+
+    def _list_query(
+        self, flt: EventFilter, before: int | None, limit: int
+    ) -> tuple[str, list[Any]]:
+        if not flt.statuses:
+            return super()._list_query(flt, before, limit)
+        # Each status walks its own range of events_status_seq, newest first, and the
+        # pages are merged: at most limit rows per status are sorted, whatever the
+        # store holds. The status comes from the outer row, so PostgreSQL cannot
+        # answer with a pending-only index and a sort of every pending event, which it
+        # did with a literal status (the statistics of status are not kept: migration 7).
+        where, params = sql.filter_clause(dataclasses.replace(flt, statuses=()), "%s")
+        if before is not None:
+            where += " AND seq < %s"
+            params.append(before)
+        return (
+            "SELECT e.* FROM unnest(%s::text[]) AS s(status), LATERAL ("
+            f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE status = s.status AND {where}"
+            " ORDER BY seq DESC LIMIT %s) e ORDER BY e.seq DESC LIMIT %s",
+            [[str(status) for status in flt.statuses], *params, limit, limit],
+        )
 
     def counts(self) -> dict[str, int]:
         with self._tx() as conn:

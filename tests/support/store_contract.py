@@ -6,6 +6,7 @@ fixture returning a fresh, migrated store.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -364,6 +365,34 @@ class StoreContract:
         window = store.list_events(EventFilter(since_ms=NOW + 2, until_ms=NOW + 4), limit=10)
         assert [e.id for e in window.events] == ["msg_3", "msg_2"]
         assert store.list_events(EventFilter(statuses=(Status.FAILED,)), limit=10).events == []
+
+    def test_list_by_several_statuses_merges_them_newest_first(self, store: Store) -> None:
+        """Events of any status asked for come in one newest-first order across statuses,
+        page by page, with the other filters applied (PostgreSQL reads a page of each
+        status and merges them)."""
+        statuses = [Status.FAILED, Status.PENDING, Status.DELIVERED]
+        for i in range(9):
+            store.insert(
+                make_event(
+                    "organization.updated" if i % 4 == 3 else "user.updated",
+                    event_id=f"msg_{i}",
+                    status=statuses[i % 3],
+                    received_at_ms=NOW + i,
+                )
+            )
+        flt = EventFilter(statuses=(Status.PENDING, Status.FAILED))
+        ids: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = store.list_events(flt, limit=2, cursor=cursor)
+            ids.extend(e.id for e in page.events)
+            if (cursor := page.next_cursor) is None:
+                break
+        assert ids == ["msg_7", "msg_6", "msg_4", "msg_3", "msg_1", "msg_0"]
+        users = store.list_events(dataclasses.replace(flt, type_glob="user.*"), limit=3)
+        assert [e.id for e in users.events] == ["msg_6", "msg_4", "msg_1"]
+        one = store.list_events(EventFilter(statuses=(Status.PENDING,)), limit=10)
+        assert [e.id for e in one.events] == ["msg_7", "msg_4", "msg_1"]
 
     def test_type_glob_treats_like_wildcards_literally(self, store: Store) -> None:
         """``%`` and ``_`` in a type glob match themselves, not anything."""
