@@ -161,6 +161,7 @@ def run_hot_paths(store: Any, shape: Backlog, raw_due: Callable[[list[int], int]
     store.oldest_pending_ms()
     page = store.list_events(EventFilter(statuses=(Status.PENDING,)), limit=50)
     store.list_events(EventFilter(statuses=(Status.PENDING,)), limit=50, cursor=page.next_cursor)
+    store.list_events(EventFilter(statuses=(Status.FAILED, Status.PENDING)), limit=50)
     store.get(shape.event_id(3, 0))
     # Purges the first 100 delivered events (one batch, then an empty one).
     store.purge(older_than_ms=NOW - shape.max_seq - 60_000 + 101)
@@ -210,10 +211,11 @@ NO_SORT = {
     "unpark an object's head",
     "complete: unpark heads, one statement",
 }
-#: PostgreSQL takes a page of each status asked for from the index, in order, and sorts
-#: those pages together (at most the limit per status; a sort of more than 1,000
-#: estimated rows still fails, and the work test below catches a sort of every row).
-SORTS_PAGES_ON_POSTGRES = {"list pending, newest first"}
+#: Listings by status take a page of each status asked for from the index, in order, and
+#: sort those pages together: at most the limit per status (the work test below catches
+#: a sort of every row; on PostgreSQL a sort of over 1,000 estimated rows still fails).
+#: PostgreSQL does so for one status too (its status comes from an outer row).
+SORTS_PAGES = "list pending, newest first"
 
 
 def statements_for(recorded: dict[str, Any], label: str, ph: str) -> list[tuple[str, Any]]:
@@ -397,8 +399,11 @@ def big(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 # -- reading plans -----------------------------------------------------------------------------
 
 
-def sqlite_problems(statement: str, plan: list[str], *, no_sort: bool) -> list[str]:
-    """What is wrong with one SQLite plan (empty: nothing)."""
+def sqlite_problems(
+    statement: str, plan: list[str], *, no_sort: bool, pages: bool = False
+) -> list[str]:
+    """What is wrong with one SQLite plan (empty: nothing). ``pages``: its sorts are of
+    pages cut by a LIMIT (:data:`SORTS_PAGES`)."""
     # Each big table and the aliases it goes by in this statement (EXPLAIN QUERY PLAN
     # names an aliased table by its alias: "SEARCH h USING ...").
     names = set(BIG_TABLES)
@@ -407,12 +412,14 @@ def sqlite_problems(statement: str, plan: list[str], *, no_sort: bool) -> list[s
     ):
         if table in BIG_TABLES and alias:
             names.add(alias)
+    # What a listing by several statuses merges: its pages (subqueries cut by a LIMIT).
+    pages_of = set(re.findall(r"\)\s+AS\s+(\w+)", statement)) if pages else set()
     problems = []
     for line in plan:
         scan = re.match(r"(?:SCAN|SEARCH) (\w+)", line)
-        if line.startswith("SCAN ") and scan and scan.group(1) not in SMALL_TABLES:
+        if line.startswith("SCAN ") and scan and scan.group(1) not in SMALL_TABLES | pages_of:
             problems.append(f"reads {scan.group(1)} in full: {line}")
-        if "TEMP B-TREE" in line and (no_sort or "ORDER BY" in line):
+        if "TEMP B-TREE" in line and (no_sort or "ORDER BY" in line) and not pages:
             problems.append(f"sorts: {line}")
     reads_big = bool(re.search(r"\bWHERE\b", statement)) and bool(
         re.search(r"\b(?:FROM|UPDATE)\s+(?:events|attempts)\b", statement)
@@ -430,7 +437,9 @@ def postgres_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from postgres_nodes(child)
 
 
-def postgres_problems(statement: str, plan: list[str], *, no_sort: bool) -> list[str]:
+def postgres_problems(
+    statement: str, plan: list[str], *, no_sort: bool, pages: bool = False
+) -> list[str]:
     """What is wrong with one PostgreSQL plan (empty: nothing)."""
     nodes = list(postgres_nodes(json.loads(plan[0])))
     problems = []
@@ -518,10 +527,8 @@ def test_plan_uses_an_index_and_never_reads_events_in_full(big: Big, label: str)
     report = {}
     for statement, params in found:
         plan = big.explain(statement, params)
-        no_sort = label in NO_SORT and not (
-            big.backend == "postgres" and label in SORTS_PAGES_ON_POSTGRES
-        )
-        problems = judge(statement, plan, no_sort=no_sort)
+        pages = label == SORTS_PAGES and (big.backend == "postgres" or "UNION ALL" in statement)
+        problems = judge(statement, plan, no_sort=label in NO_SORT and not pages, pages=pages)
         if problems:
             report[statement] = {"plan": plan, "problems": problems}
     assert report == {}
@@ -641,11 +648,21 @@ def test_postgres_plans_do_not_depend_on_statistics_taken_while_nothing_was_pend
         with psycopg.connect(url, autocommit=True) as raw:
             raw.execute("ALTER TABLE events SET (autovacuum_enabled = false)")
             fill_postgres(url, shape)  # every event pending: a head each, followers parked
-            # A quiet day: everything delivered, and ANALYZE sees it so. Then the backlog.
-            raw.execute("CREATE TEMP TABLE backlog AS SELECT seq, status FROM events")
-            raw.execute("UPDATE events SET status = 'delivered'")
+            # A quiet day: everything delivered, nothing due or leased, and ANALYZE sees
+            # it so. Then the backlog, as it was.
+            raw.execute(
+                "CREATE TEMP TABLE backlog AS"
+                " SELECT seq, status, next_attempt_at, lease_expires_at FROM events"
+            )
+            raw.execute(
+                "UPDATE events SET status = 'delivered', next_attempt_at = NULL,"
+                " lease_expires_at = NULL"
+            )
             raw.execute("ANALYZE events")
-            raw.execute("UPDATE events e SET status = b.status FROM backlog b WHERE b.seq = e.seq")
+            raw.execute(
+                "UPDATE events e SET status = b.status, next_attempt_at = b.next_attempt_at,"
+                " lease_expires_at = b.lease_expires_at FROM backlog b WHERE b.seq = e.seq"
+            )
             make_due(raw, "%s", [shape.head_seq(o) for o in range(64)], NOW)
             store.recorder = Recorder()
             claimed = store.claim(WORKER, now_ms=NOW, lease_ms=LEASE_MS, limit=16)

@@ -73,7 +73,12 @@ class TestPostgresStore(StoreContract):
         has and stops ANALYZE from taking new ones (they are stale by the next outage;
         tests/test_claim_plans.py), and the status counts still follow every change."""
         status_stats = (
-            "SELECT count(*) FROM pg_stats WHERE tablename = 'events' AND attname = 'status'"
+            "SELECT count(*) FROM pg_stats WHERE schemaname = current_schema()"
+            " AND tablename = 'events' AND attname = 'status'"
+        )
+        triggers = (
+            "SELECT pg_get_triggerdef(oid) FROM pg_trigger"
+            " WHERE tgrelid = 'events'::regclass AND NOT tgisinternal ORDER BY tgname"
         )
         with psycopg.connect(pg_url) as conn, conn.transaction():
             sql.apply_steps(conn, MIGRATIONS[:6], conn.execute, ph="%s", now_ms=NOW)
@@ -84,14 +89,27 @@ class TestPostgresStore(StoreContract):
             with psycopg.connect(pg_url, autocommit=True) as conn:
                 conn.execute("ANALYZE events")
                 assert conn.execute(status_stats).fetchone() == (1,)
+                before = conn.execute(triggers).fetchall()
                 store.migrate()
                 assert conn.execute(status_stats).fetchone() == (0,)
+                assert conn.execute(triggers).fetchall() == before
                 conn.execute("ANALYZE events")
                 assert conn.execute(status_stats).fetchone() == (0,)
             store.replay(EventFilter(ids=("msg_0", "msg_1")), now_ms=NOW)
             assert store.counts()["failed"] == 18 and store.counts()["pending"] == 2
         finally:
             store.close()
+
+    def test_scripts_plan_their_statements_as_the_plan_tests_assume(
+        self, store: PostgresStore
+    ) -> None:
+        """A worker script's prepared statements run under PLAN_SETTINGS (generic plans,
+        no hash or merge joins): what tests/test_claim_plans.py explains is what runs."""
+        names = [name for name, _ in postgres.PLAN_SETTINGS]
+        asked = ", ".join(f"current_setting('{name}')" for name in names)
+        with store._session() as conn:
+            [rows] = store._script(conn, [(f"SELECT {asked} WHERE %s", (True,))])
+        assert rows == [tuple(value for _, value in postgres.PLAN_SETTINGS)]
 
     def test_concurrent_migrations_apply_each_step_once(self, pg_url: str) -> None:
         """Several instances migrating one empty schema at once all succeed, steps run once."""

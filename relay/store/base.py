@@ -181,6 +181,20 @@ class SQLStoreBase(RunsAndLeases):
         """:meth:`list_events`' statement: the newest ``limit`` events matching ``flt``
         (with ``seq`` below ``before``, if given), newest first."""
         ph = self.PH
+        statuses = list(dict.fromkeys(flt.statuses))
+        if len(statuses) > 1:
+            # A page of each status from events_status_seq, in index order, merged: with
+            # "status IN (...)" the matching rows of every status were sorted (a whole
+            # backlog, for `relay events --status failed --status pending`).
+            arms: list[str] = []
+            arm_params: list[Any] = []
+            for i, status in enumerate(statuses):
+                one = dataclasses.replace(flt, statuses=(status,))
+                arm, params = self._list_query(one, before, limit)
+                arms.append(f"SELECT * FROM ({arm}) AS s{i}")
+                arm_params.extend(params)
+            union = " UNION ALL ".join(arms)
+            return f"{union} ORDER BY seq DESC LIMIT {ph}", [*arm_params, limit]
         where, params = sql.filter_clause(flt, ph)
         if before is not None:
             where += f" AND seq < {ph}"

@@ -419,11 +419,11 @@ class PostgresStore(SQLStoreBase):
         with a generic plan (:data:`PLAN_SETTINGS`), so it is planned once per
         connection instead of on every call; a plain string (``BEGIN``, ``COMMIT``)
         runs as it is. The parameters are bound on the client and everything travels
-        as one simple query: in
-        autocommit mode the statements run as one transaction unless they say
-        otherwise, each with its own snapshot (READ COMMITTED), stopping at the first
-        error. Measured on one worker, a statement per round trip and a plan per
-        statement were most of what PostgreSQL cost per delivered event.
+        as one simple query: in autocommit mode the statements run as one transaction
+        unless they say otherwise, each with its own snapshot (READ COMMITTED),
+        stopping at the first error. Measured on one worker, a statement per round
+        trip and a plan per statement were most of what PostgreSQL cost per delivered
+        event.
         """
         starts_clean = conn.info.transaction_status == TransactionStatus.IDLE
         try:
@@ -504,7 +504,8 @@ class PostgresStore(SQLStoreBase):
             "SELECT e.* FROM unnest(%s::text[]) AS s(status), LATERAL ("
             f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE status = s.status AND {where}"
             " ORDER BY seq DESC LIMIT %s) e ORDER BY e.seq DESC LIMIT %s",
-            [[str(status) for status in flt.statuses], *params, limit, limit],
+            # Each status once: a status asked for twice would list its events twice.
+            [list(dict.fromkeys(str(status) for status in flt.statuses)), *params, limit, limit],
         )
 
     def counts(self) -> dict[str, int]:

@@ -393,6 +393,21 @@ class StoreContract:
         assert [e.id for e in users.events] == ["msg_6", "msg_4", "msg_1"]
         one = store.list_events(EventFilter(statuses=(Status.PENDING,)), limit=10)
         assert [e.id for e in one.events] == ["msg_7", "msg_4", "msg_1"]
+        twice = EventFilter(statuses=(Status.PENDING, Status.PENDING))
+        assert [e.id for e in store.list_events(twice, limit=10).events] == [
+            "msg_7",
+            "msg_4",
+            "msg_1",
+        ]
+        # A page that one status fills alone: the newest failed run past the page size.
+        for i in range(9, 14):
+            store.insert(
+                make_event(event_id=f"msg_{i}", status=Status.FAILED, received_at_ms=NOW + i)
+            )
+        page = store.list_events(flt, limit=3)
+        assert [e.id for e in page.events] == ["msg_13", "msg_12", "msg_11"]
+        rest = store.list_events(flt, limit=4, cursor=page.next_cursor)
+        assert [e.id for e in rest.events] == ["msg_10", "msg_9", "msg_7", "msg_6"]
 
     def test_type_glob_treats_like_wildcards_literally(self, store: Store) -> None:
         """``%`` and ``_`` in a type glob match themselves, not anything."""
