@@ -21,9 +21,9 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from relay import timeparse
-from relay.errors import ConfigError, StoreError
+from relay.errors import ConfigError, NotFound, StoreError
 from relay.models import Event, EventFilter, Status, TargetHealth, TargetState
-from relay.replay import matching_ids, replay_ids
+from relay.replay import find_event, matching_ids, replay_ids
 from relay.settings import Settings, parse_duration_s
 from relay.store import Store, open_store
 
@@ -63,6 +63,9 @@ def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
             sys.exit(2)
         except StoreError as exc:
             click.echo(f"store error: {exc}", err=True)
+            sys.exit(1)
+        except NotFound as exc:  # worded as the admin API and the console word it
+            click.echo(exc.detail, err=True)
             sys.exit(1)
 
     return wrapper
@@ -230,11 +233,7 @@ def events(
 @handles_errors
 def show(event_id: str, as_json: bool, body: bool) -> None:
     """Show one event with every delivery attempt."""
-    store = _store(_settings())
-    event = store.get(event_id)
-    if event is None:
-        click.echo(f"no event {event_id}", err=True)
-        sys.exit(1)
+    event = find_event(_store(_settings()), event_id)
     data = event.to_dict(with_attempts=True)
     if as_json:
         if body:

@@ -210,6 +210,16 @@ def test_show_prints_the_event_and_its_attempts(db: SQLiteStore, env: dict[str, 
     assert '"first_name"' not in result.stdout  # the body only with --body
 
 
+def test_show_of_an_unknown_event_says_so_as_the_api_does(
+    db: SQLiteStore, env: dict[str, Any]
+) -> None:
+    """`relay show <unknown id>` exits 1 with the admin API's wording, not a trace."""
+    result = relay(env, "show", "msg_nope")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "no event 'msg_nope'"
+    assert result.stdout == ""
+
+
 def test_show_json_includes_attempts(db: SQLiteStore, env: dict[str, Any]) -> None:
     """`relay show <id> --json` is the stable event object plus its attempts."""
     result = relay(env, "show", "msg_failed_user", "--json")
