@@ -14,7 +14,7 @@ from harness.factories import make_event
 from harness.postgres_server import fresh_schema
 from relay.errors import StoreError
 from relay.models import EventFilter, Outcome, Status
-from relay.store import open_store, postgres, sql
+from relay.store import open_store, postgres, postgres_schema, sql
 from relay.store.postgres import PostgresStore
 from relay.store.postgres_schema import MIGRATIONS
 from tests.support.store_contract import LEASE, NOW, StoreContract, attempt
@@ -97,6 +97,30 @@ class TestPostgresStore(StoreContract):
                 assert conn.execute(status_stats).fetchone() == (0,)
             store.replay(EventFilter(ids=("msg_0", "msg_1")), now_ms=NOW)
             assert store.counts()["failed"] == 18 and store.counts()["pending"] == 2
+        finally:
+            store.close()
+
+    def test_a_migration_gives_up_on_a_table_a_long_transaction_holds(
+        self, pg_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Waiting for the events table's lock queues every ingest behind the wait: a
+        migration waits at most EVENTS_LOCK_WAIT_S, fails saying why and changes nothing,
+        and applies once the table is free."""
+        monkeypatch.setattr(postgres_schema, "EVENTS_LOCK_WAIT_S", 0.3)
+        version = "SELECT max(version) FROM relay_schema_migrations"
+        with psycopg.connect(pg_url) as conn, conn.transaction():
+            sql.apply_steps(conn, MIGRATIONS[:6], conn.execute, ph="%s", now_ms=NOW)
+        # A backstop, so that without the migration's own limit this fails, not hangs.
+        store = PostgresStore(f"{pg_url}%20-clock_timeout%3D10000")
+        try:
+            with psycopg.connect(pg_url, autocommit=True) as look:
+                with psycopg.connect(pg_url) as report:  # a transaction left open on events
+                    report.execute("SELECT count(*) FROM events").fetchall()
+                    with pytest.raises(StoreError, match="events table stayed in use"):
+                        store.migrate()
+                    assert look.execute(version).fetchone() == (6,)
+                store.migrate()
+                assert look.execute(version).fetchone() == (MIGRATIONS[-1][0],)
         finally:
             store.close()
 

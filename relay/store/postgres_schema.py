@@ -12,10 +12,14 @@ from typing import Any
 
 import psycopg
 
+from relay.errors import StoreError
 from relay.store import sql
 
 #: Advisory lock key (one bigint) held while migrating: "relaymig" in ASCII.
 MIGRATION_LOCK_KEY = 0x72656C61796D6967
+#: Longest wait, in seconds, for the events table's lock before a migration gives up.
+#: While it waits, every ingest and claim queues behind it.
+EVENTS_LOCK_WAIT_S = 5.0
 
 #: ``(version, DDL)`` in the order they are applied.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -227,7 +231,7 @@ def apply_migrations(conn: psycopg.Connection[Any]) -> list[int]:
             # Every step so far changes events. Its strongest lock comes first: a step's
             # CREATE INDEX takes a weaker one, and a later step upgrading it would wait
             # for a claim that waits for it (a deadlock with running workers).
-            conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            _lock_events(conn)
         # Each step's DDL has no parameters, so several statements are allowed in it.
         return sql.apply_steps(conn, MIGRATIONS, conn.execute, ph="%s", now_ms=now_ms)
 
@@ -246,3 +250,22 @@ def _steps_pending_on_a_live_store(conn: psycopg.Connection[Any]) -> bool:
             version for (version,) in conn.execute("SELECT version FROM relay_schema_migrations")
         }
     return any(version not in done for version, _ in MIGRATIONS)
+
+
+def _lock_events(conn: psycopg.Connection[Any]) -> None:
+    """Take the events table's strongest lock, waiting at most EVENTS_LOCK_WAIT_S: a
+    long transaction on the table (a report, a stuck session) fails the migration,
+    which changed nothing and can run again, instead of stalling ingest behind it."""
+    (before,) = conn.execute("SELECT current_setting('lock_timeout')").fetchall()[0]
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, true)", (f"{int(EVENTS_LOCK_WAIT_S * 1000)}ms",)
+    )
+    try:
+        conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+    except psycopg.errors.LockNotAvailable as exc:
+        raise StoreError(
+            f"migration not applied: the events table stayed in use for"
+            f" {EVENTS_LOCK_WAIT_S:g} s (a long transaction holds it; see pg_stat_activity);"
+            " nothing was changed, run it again"
+        ) from exc
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (before,))
