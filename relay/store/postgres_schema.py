@@ -227,35 +227,28 @@ def apply_migrations(conn: psycopg.Connection[Any]) -> list[int]:
         (now_ms,) = conn.execute(
             "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
         ).fetchall()[0]
-        if _steps_pending_on_a_live_store(conn):
-            # Every step so far changes events. Its strongest lock comes first: a step's
-            # CREATE INDEX takes a weaker one, and a later step upgrading it would wait
-            # for a claim that waits for it (a deadlock with running workers).
-            _lock_events(conn)
         # Each step's DDL has no parameters, so several statements are allowed in it.
-        return sql.apply_steps(conn, MIGRATIONS, conn.execute, ph="%s", now_ms=now_ms)
-
-
-def _steps_pending_on_a_live_store(conn: psycopg.Connection[Any]) -> bool:
-    """Whether ``events`` exists and some step has not been applied to it yet."""
-    row = conn.execute(
-        "SELECT to_regclass('events') IS NOT NULL,"
-        " to_regclass('relay_schema_migrations') IS NOT NULL"
-    ).fetchone()
-    if row is None or not row[0]:
-        return False
-    done: set[int] = set()
-    if row[1]:
-        done = {
-            version for (version,) in conn.execute("SELECT version FROM relay_schema_migrations")
-        }
-    return any(version not in done for version, _ in MIGRATIONS)
+        # Every step so far changes events: on a live store its strongest lock comes
+        # first, because a step's CREATE INDEX takes a weaker one, and a later step
+        # upgrading it would wait for a claim that waits for it (a deadlock).
+        return sql.apply_steps(
+            conn,
+            MIGRATIONS,
+            conn.execute,
+            ph="%s",
+            now_ms=now_ms,
+            before_first=lambda: _lock_events(conn),
+        )
 
 
 def _lock_events(conn: psycopg.Connection[Any]) -> None:
-    """Take the events table's strongest lock, waiting at most EVENTS_LOCK_WAIT_S: a
-    long transaction on the table (a report, a stuck session) fails the migration,
-    which changed nothing and can run again, instead of stalling ingest behind it."""
+    """Take the events table's strongest lock, if it exists, waiting at most
+    EVENTS_LOCK_WAIT_S: a long transaction on the table (a report, a stuck session)
+    fails the migration, which changed nothing and can run again, instead of stalling
+    ingest behind it."""
+    (exists,) = conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchall()[0]
+    if not exists:
+        return
     (before,) = conn.execute("SELECT current_setting('lock_timeout')").fetchall()[0]
     conn.execute(
         "SELECT set_config('lock_timeout', %s, true)", (f"{int(EVENTS_LOCK_WAIT_S * 1000)}ms",)

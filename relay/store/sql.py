@@ -212,19 +212,23 @@ def apply_steps(
     *,
     ph: str,
     now_ms: int,
+    before_first: Callable[[], object] | None = None,
 ) -> list[int]:
     """The numbered migrations of either backend: create the bookkeeping table, then run
     (with ``run``) and record every step not yet recorded, in order; returns the
-    versions applied. The caller holds the transaction (and any lock) around it."""
+    versions applied. The caller holds the transaction (and any lock) around it;
+    ``before_first`` runs once, before the first step to apply, if there is one."""
     conn.execute(
         "CREATE TABLE IF NOT EXISTS relay_schema_migrations"
         " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
     )
     done = {r[0] for r in conn.execute("SELECT version FROM relay_schema_migrations")}
-    applied = []
+    applied: list[int] = []
     for version, ddl in steps:
         if version in done:
             continue
+        if before_first is not None and not applied:
+            before_first()
         run(ddl)
         conn.execute(
             f"INSERT INTO relay_schema_migrations (version, applied_at) VALUES ({ph}, {ph})",
