@@ -195,14 +195,19 @@ class SQLStoreBase(RunsAndLeases):
                 arm_params.extend(params)
             union = " UNION ALL ".join(arms)
             return f"{union} ORDER BY seq DESC LIMIT {ph}", [*arm_params, limit]
-        where, params = sql.filter_clause(flt, ph)
-        if before is not None:
-            where += f" AND seq < {ph}"
-            params.append(before)
+        where, params = self._list_where(flt, before)
         return (
             f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq DESC LIMIT {ph}",
             [*params, limit],
         )
+
+    def _list_where(self, flt: EventFilter, before: int | None) -> tuple[str, list[Any]]:
+        """:meth:`_list_query`'s conditions and their parameters."""
+        where, params = sql.filter_clause(flt, self.PH)
+        if before is not None:
+            where += f" AND seq < {self.PH}"
+            params.append(before)
+        return where, params
 
     def counts(self) -> dict[str, int]:
         # Kept by triggers on events (see the schema): five rows, whatever the store holds.

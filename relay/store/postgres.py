@@ -496,10 +496,7 @@ class PostgresStore(SQLStoreBase):
         # store holds. The status comes from the outer row, so PostgreSQL cannot
         # answer with a pending-only index and a sort of every pending event, which it
         # did with a literal status (the statistics of status are not kept: migration 7).
-        where, params = sql.filter_clause(dataclasses.replace(flt, statuses=()), "%s")
-        if before is not None:
-            where += " AND seq < %s"
-            params.append(before)
+        where, params = self._list_where(dataclasses.replace(flt, statuses=()), before)
         return (
             "SELECT e.* FROM unnest(%s::text[]) AS s(status), LATERAL ("
             f"SELECT {sql.EVENT_COLUMNS} FROM events WHERE status = s.status AND {where}"
