@@ -630,15 +630,16 @@ def test_postgres_plans_do_not_depend_on_statistics_taken_while_nothing_was_pend
     """The other side of an outage: statistics taken on a quiet day, when no event was
     pending, must not make a claim or a completion read every pending event once a
     backlog is pending again. With such statistics PostgreSQL took the pending-only
-    indexes for one row each: the claim probed each candidate's object by reading all of
-    events_pending_received, and the completion hashed every parked event to unpark a
-    few heads. Seen in bench/delivery.py, where one drain in eight fell from ~450 to ~100
-    events/s (PostgreSQL 5-9 ms of CPU per event) after autovacuum ANALYZEd a store whose
-    every event had failed, just before the replay. Each claim and completion statement,
-    run as the store runs it (its generic plan), does less than a tenth of one pass over
-    the table. (A small store: with more events the estimates grow and the planner
-    chooses well without the fix, and four events per user, so that the claim's probes
-    of each user's own events stay small beside a pass.)"""
+    indexes for one row each, and the claim probed each candidate's object by reading all
+    of events_pending_received; without statistics of status, on a store this small, the
+    completion hashed every parked event to unpark a few heads. The first was seen in
+    bench/delivery.py, where one drain in eight fell from ~450 to ~100 events/s
+    (PostgreSQL 5-9 ms of CPU per event) after autovacuum ANALYZEd a store whose every
+    event had failed, just before the replay. Each claim and completion statement, run as
+    the store runs it (its generic plan), does less than a tenth of one pass over the
+    table. (A small store: with more events the estimates grow and the planner chooses
+    well without the fix, and four events per user, so that the claim's probes of each
+    user's own events stay small beside a pass.)"""
     shape = Backlog("quiet", 40_000, 10_000, 4, 0, NOW)
     with fresh_schema() as schema_url:
         url = f"{schema_url}%20-cstatement_timeout%3D10000"  # the bad plans ran for minutes
