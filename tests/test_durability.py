@@ -8,6 +8,7 @@ is told 503 so that it keeps the event and retries.
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import time
 import uuid
@@ -256,3 +257,23 @@ def test_kill9_mid_drain_loses_nothing_and_keeps_order(
         # a redelivery (the attempt in flight at the kill) may repeat, never reorder
         assert collapsed == sorted(set(mine)), mine
     store.close()
+
+
+def test_a_request_cut_short_by_a_killed_worker_reaches_no_function(
+    standin: TrackingStandIn,
+) -> None:
+    """urllib3 sends a request's headers and its body in separate writes, so a worker
+    killed between them leaves Convex half a request. Convex runs nothing for it; the
+    stand-in must not either, or the kill -9 test above would see a phantom object in
+    flight."""
+    assert standin.server is not None
+    host, port = standin.server.server_address[:2]
+    with socket.create_connection((str(host), int(port))) as sock:
+        sock.sendall(
+            b"POST /clerk-users-webhook HTTP/1.1\r\nHost: x\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"data"'
+        )
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1024) == b""  # closed without an answer
+    assert standin.entered == [] and standin.received == []
+    assert not standin.max_in_flight
