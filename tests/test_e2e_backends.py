@@ -219,3 +219,23 @@ def test_cli_replay_redelivers_a_failed_event(
     assert [a.status_code for a in event.attempts] == [400, 200]
     assert standin.delivery_count(msg_id) == 1
     assert event.delivered_at_ms is not None
+
+
+def test_a_refusal_no_column_can_hold_still_fails_the_event(
+    relay: RelayProcess, store: Store, standin: TrackingStandIn
+) -> None:
+    """Convex's message can carry what a text column cannot: NUL (PostgreSQL refuses it)
+    and a lone surrogate (SQLite's driver cannot encode it), for example a function that
+    throws with a Clerk user's name in its message. The event still fails, once, with the
+    message kept as its JSON escapes; the outcome is written, so it is not sent again
+    each time its lease runs out."""
+    standin.fail_next(1, 400, body={"code": "BadName", "message": "name a\x00b \ud800 rejected"})
+    msg_id = new_id("strange")
+    relay.post_event(
+        make_envelope("user.created", entity_id=f"user_{uuid.uuid4().hex[:8]}"), msg_id
+    )
+    event = settled(store, msg_id)
+    assert event.status == Status.FAILED
+    assert event.last_error == "HTTP 400 rejected: name a\\u0000b \\ud800 rejected"
+    assert [(a.status_code, a.error) for a in event.attempts] == [(400, event.last_error)]
+    assert standin.entered.count(msg_id) == 1  # sent once, not again at each lease's end

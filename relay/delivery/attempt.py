@@ -20,7 +20,7 @@ from relay.delivery.outcome import Verdict, classify
 from relay.delivery.retry import next_delay_s, parse_retry_after
 from relay.delivery.target import TargetHealthTracker
 from relay.errors import NoRoute, UnsafeValueError
-from relay.models import Attempt, Event, Outcome, Status, matches_any
+from relay.models import Attempt, Event, Outcome, Status, matches_any, storable_text
 from relay.settings import Settings
 
 
@@ -138,4 +138,11 @@ class Attempter:
 
 def _reason(status_code: int | None, why: str, excerpt: str | None) -> str:
     head = f"HTTP {status_code} {why}" if status_code is not None else why
-    return f"{head}: {excerpt}" if excerpt else head
+    return _storable(f"{head}: {excerpt}" if excerpt else head)
+
+
+def _storable(error: str) -> str:
+    """``error`` as every store's text columns can hold it. A reply's message may carry
+    NUL or a lone surrogate (a Convex function throwing with a user's name in it): an
+    outcome that cannot be written would be sent again each time its lease ran out."""
+    return storable_text(error) or error
