@@ -16,7 +16,7 @@ import json
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
-from relay.models import ReconcileRun, RunStatus
+from relay.models import ReconcileRun, RunStatus, storable_text
 
 RUN_COLUMNS = "id, trigger, dry_run, status, requested_at, started_at, finished_at, summary, error"
 
@@ -60,7 +60,7 @@ class RunsAndLeases:
             run.started_at_ms,
             run.finished_at_ms,
             summary,
-            run.error,
+            storable_text(run.error),  # it quotes Clerk's or Convex's message
         )
         with self._tx() as conn:
             if run.id is None:

@@ -562,6 +562,20 @@ class StoreContract:
         assert [r.id for r in store.reconcile_runs(limit=10, status=RunStatus.REQUESTED)] == [asked]
         assert store.reconcile_runs(limit=1) == [runs[0]]
 
+    def test_a_run_failing_with_text_no_column_can_hold_is_saved(self, store: Store) -> None:
+        """A run's error quotes Clerk's or Convex's message, which may carry NUL (that
+        PostgreSQL's text refuses) or a lone surrogate (that SQLite's driver cannot
+        encode): it is kept as their JSON escapes, so the run is not left "running"."""
+        run = ReconcileRun(None, "cli", False, RunStatus.RUNNING, NOW, started_at_ms=NOW)
+        run_id = store.save_reconcile_run(run)
+        failed = ReconcileRun(
+            run_id, "cli", False, RunStatus.FAILED, NOW, NOW, NOW + 1, error="HTTP 422 a\x00b\ud800"
+        )
+        store.save_reconcile_run(failed)
+        (saved,) = store.reconcile_runs(limit=1)
+        assert saved.status == RunStatus.FAILED
+        assert saved.error == "HTTP 422 a\\u0000b\\ud800"
+
     # -- issue 13 ---------------------------------------------------------------------------
 
     def test_body_conflicts_are_kept_on_the_event_and_purged_with_it(self, store: Store) -> None:
