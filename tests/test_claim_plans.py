@@ -196,9 +196,10 @@ HOT = {
 #: PostgreSQL only: object locks, the count fold, set-based completion.
 HOT_POSTGRES = {
     "claim: object locks": "pg_try_advisory_xact_lock",
-    "complete: object locks": "SELECT pg_advisory_xact_lock",
+    "complete: object locks": "h FROM events WHERE id IN (SELECT v.id FROM json_to_recordset",
+    "release: object lock": "h FROM events WHERE id = ANY(?) AND object_key IS NOT NULL",
     "counts: fold deltas": "DELETE FROM event_count_deltas",
-    "complete: unpark heads, one statement": "AS x(id, at)",
+    "complete: unpark heads, one statement": "SELECT v.at, (SELECT h.seq",
 }
 #: SQLite only: what PostgreSQL's foreign keys cascade.
 HOT_SQLITE = {
