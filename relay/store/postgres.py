@@ -52,7 +52,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from relay.errors import StoreError
@@ -504,7 +504,11 @@ class PostgresStore(SQLStoreBase):
         cur.execute("; ".join(parts), params)
         results: list[list[tuple[Any, ...]]] = []
         while True:
-            results.append(cur.fetchall() if cur.description is not None else [])
+            # The result's status, not cur.description: that builds a Column per field
+            # of every result, 15 % of the client's CPU for a claim's script.
+            result = cur.pgresult
+            rows = result is not None and result.status == ExecStatus.TUPLES_OK
+            results.append(cur.fetchall() if rows else [])
             if not cur.nextset():
                 break
         return [results[i] for i in picks]
