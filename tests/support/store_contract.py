@@ -116,6 +116,31 @@ class StoreContract:
         assert got[3] is not None and got[3].status == Status.PENDING
         assert [len(e.attempts) for e in got.values() if e] == [1, 1, 1]
 
+    def test_an_outcome_is_written_with_its_text_and_numbers_exact(self, store: Store) -> None:
+        """What Convex said comes back as it was said: any script, quotes, backslashes,
+        JSON-looking text; a failed attempt without a status code; the attempt's own
+        error beside the event's (they differ once retries run out)."""
+        said = 'HTTP 400 rejected: nom «é» 名前 😀 \u202e "quoted" \\ back {"a": [1]}'
+        store.insert(make_event(event_id="msg_t", entity_id="user_t"))
+        store.insert(make_event(event_id="msg_u", entity_id="user_u"))
+        store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=5)
+        refused = Attempt(NOW + 7, "http://convex", 400, 12.25, "failed", said)
+        unreachable = Attempt(NOW + 8, "http://convex", None, 0.5, "retry", "connection refused")
+        last = f"retries exhausted; last: {unreachable.error}"
+        kept = store.complete_many(
+            "w1",
+            [
+                ("msg_t", refused, Outcome(Status.FAILED, None, said)),
+                ("msg_u", unreachable, Outcome(Status.FAILED, None, last, charged=False)),
+            ],
+        )
+        assert kept == [True, True]
+        t, u = store.get("msg_t"), store.get("msg_u")
+        assert t is not None and u is not None
+        assert (t.status, t.last_error, t.attempts) == (Status.FAILED, said, (refused,))
+        assert (u.status, u.last_error, u.attempts) == (Status.FAILED, last, (unreachable,))
+        assert (t.retry_step, u.retry_step) == (1, 0)  # charged, and not
+
     def test_retry_outcome_keeps_pending_until_due(self, store: Store) -> None:
         """A retry sets next_attempt_at; the event is not claimable before then."""
         store.insert(make_event(event_id="msg_1"))
