@@ -10,7 +10,7 @@ import base64
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from relay.models import Attempt, Event, EventFilter, NewEvent, Status
+from relay.models import Attempt, Event, EventFilter, NewEvent, Status, storable_text
 
 #: Columns of ``events`` in the order :func:`row_to_event` reads them.
 EVENT_COLUMNS = (
@@ -76,7 +76,8 @@ def import_params(event: Event) -> tuple[Any, ...]:
         event.next_attempt_at_ms
         if event.status != Status.PENDING or event.next_attempt_at_ms is not None
         else event.received_at_ms,
-        event.last_error,
+        # A store written before errors were made storable may hold NUL in them.
+        storable_text(event.last_error),
         event.delivered_at_ms,
         event.force,
     )
@@ -84,7 +85,8 @@ def import_params(event: Event) -> tuple[Any, ...]:
 
 def attempt_params(event_id: str, a: Attempt) -> tuple[Any, ...]:
     """Values for ``event_id`` then :data:`ATTEMPT_COLUMNS`."""
-    return (event_id, a.at_ms, a.target, a.status_code, a.duration_ms, a.outcome, a.error)
+    error = storable_text(a.error)  # an imported one may predate storable errors
+    return (event_id, a.at_ms, a.target, a.status_code, a.duration_ms, a.outcome, error)
 
 
 def row_to_event(row: Sequence[Any], attempts: tuple[Attempt, ...] = ()) -> Event:

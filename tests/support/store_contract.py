@@ -119,27 +119,33 @@ class StoreContract:
     def test_an_outcome_is_written_with_its_text_and_numbers_exact(self, store: Store) -> None:
         """What Convex said comes back as it was said: any script, quotes, backslashes,
         JSON-looking text; a failed attempt without a status code; the attempt's own
-        error beside the event's (they differ once retries run out)."""
+        error beside the event's (they differ once retries run out); when it was
+        delivered, and whether the attempt was charged to the retry budget."""
         said = 'HTTP 400 rejected: nom «é» 名前 😀 \u202e "quoted" \\ back {"a": [1]}'
-        store.insert(make_event(event_id="msg_t", entity_id="user_t"))
-        store.insert(make_event(event_id="msg_u", entity_id="user_u"))
+        for name in "tuv":
+            store.insert(make_event(event_id=f"msg_{name}", entity_id=f"user_{name}"))
         store.claim("w1", now_ms=NOW, lease_ms=LEASE, limit=5)
         refused = Attempt(NOW + 7, "http://convex", 400, 12.25, "failed", said)
         unreachable = Attempt(NOW + 8, "http://convex", None, 0.5, "retry", "connection refused")
         last = f"retries exhausted; last: {unreachable.error}"
+        ok = Attempt(NOW + 9, "http://convex", 200, 3.5, "delivered")
         kept = store.complete_many(
             "w1",
             [
                 ("msg_t", refused, Outcome(Status.FAILED, None, said)),
                 ("msg_u", unreachable, Outcome(Status.FAILED, None, last, charged=False)),
+                ("msg_v", ok, Outcome(Status.DELIVERED, charged=False)),
             ],
         )
-        assert kept == [True, True]
-        t, u = store.get("msg_t"), store.get("msg_u")
-        assert t is not None and u is not None
+        assert kept == [True, True, True]
+        t, u, v = store.get("msg_t"), store.get("msg_u"), store.get("msg_v")
+        assert t is not None and u is not None and v is not None
         assert (t.status, t.last_error, t.attempts) == (Status.FAILED, said, (refused,))
         assert (u.status, u.last_error, u.attempts) == (Status.FAILED, last, (unreachable,))
-        assert (t.retry_step, u.retry_step) == (1, 0)  # charged, and not
+        assert (v.status, v.last_error, v.attempts) == (Status.DELIVERED, None, (ok,))
+        assert (t.retry_step, u.retry_step, v.retry_step) == (1, 0, 0)  # charged, or not
+        assert (t.delivered_at_ms, v.delivered_at_ms) == (None, NOW + 9)
+        assert [e.next_attempt_at_ms for e in (t, u, v)] == [None, None, None]
 
     def test_retry_outcome_keeps_pending_until_due(self, store: Store) -> None:
         """A retry sets next_attempt_at; the event is not claimable before then."""
@@ -499,6 +505,22 @@ class StoreContract:
         [(event, attempts)] = list(store.export())
         assert event.status == Status.FAILED and len(attempts) == 1
         assert store.import_event(event, attempts) is False  # already there
+
+    def test_import_keeps_errors_no_column_here_can_hold(self, store: Store) -> None:
+        """A SQLite store written before errors were made storable may hold NUL in them
+        (SQLite takes it, PostgreSQL's text does not): `relay migrate-store` still copies
+        the event, with the error as its JSON escapes, instead of failing on it at
+        every re-run."""
+        store.insert(make_event(event_id="msg_old", status=Status.SKIPPED))
+        [(event, _)] = list(store.export())
+        said = "HTTP 400 rejected: a\x00b"
+        failed = dataclasses.replace(event, id="msg_nul", status=Status.FAILED, last_error=said)
+        tried = Attempt(NOW, "http://convex", 400, 2.0, "failed", said)
+        assert store.import_event(failed, [tried]) is True
+        got = store.get("msg_nul")
+        assert got is not None and got.status == Status.FAILED
+        assert got.last_error == "HTTP 400 rejected: a\\u0000b"
+        assert [a.error for a in got.attempts] == [got.last_error]
 
     def test_export_reads_in_pages_and_keeps_each_events_attempts(
         self, store: Store, monkeypatch: pytest.MonkeyPatch
