@@ -105,10 +105,11 @@ _BATCH_FIELDS = {
 #: it with this. One string parameter rather than an array per column: psycopg quotes an
 #: array on the client element by element in Python, and the sixteen arrays of a
 #: two-outcome batch took 194 us of the worker's CPU, against 23 us for the document.
-#: The LIMIT (the batch's own length) is for the planner: it takes a set-returning
-#: function for 100 rows, and a LIMIT it cannot see for a tenth of that, as it took the
-#: arrays. Planned for 100, the outcomes' update scanned all of a small table instead of
-#: looking up each id (4.5 times the server's time per completion on 3,000 events).
+#: The LIMIT (the batch's own length) is for the planner: it expects 100 rows of a
+#: set-returning function, and a tenth of that from a LIMIT whose value it cannot see,
+#: about what it expected of the arrays. Expecting 100, the outcomes' update scanned all
+#: of a small table instead of looking up each id (4.5 times the server's time per
+#: completion on 3,000 events).
 _BATCH = (
     "(SELECT * FROM json_to_recordset(%s::json)"
     f" AS b({', '.join(f'{name} {kind}' for name, kind in _BATCH_FIELDS.items())})"
@@ -146,10 +147,10 @@ _LOCK_BATCH_OBJECTS = (
     " ORDER BY h) s"
 )
 #: :func:`relay.store.ordering.unpark_head` for the objects of several completed events,
-#: each at its attempt's time (params: the batch, its length). It runs after the outcomes in the
-#: same transaction and needs nothing from their answer. An event whose lease was lost
-#: meanwhile unparks nothing, or a head that its next claim parks again (another event
-#: of the object is leased): never a second flight.
+#: each at its attempt's time (params: the batch, its length). It runs after the
+#: outcomes in the same transaction and needs nothing from their answer. An event whose
+#: lease was lost meanwhile unparks nothing, or a head that its next claim parks again
+#: (another event of the object is leased): never a second flight.
 #:
 #: "Parked" is written so that no index can serve it (``next_attempt_at`` is never
 #: negative), leaving the heads' ``seq`` as the only way in. With statistics taken
