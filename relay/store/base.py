@@ -320,7 +320,7 @@ class SQLStoreBase(RunsAndLeases):
                 many.executemany(
                     f"INSERT INTO attempts (event_id, {sql.ATTEMPT_COLUMNS})"
                     f" VALUES ({', '.join([ph] * 7)})",
-                    [sql.attempt_params(event.id, a) for a in attempts],
+                    [sql.import_attempt_params(event.id, a) for a in attempts],
                 )
             return True
 

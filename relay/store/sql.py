@@ -7,6 +7,7 @@ Both SQLite and PostgreSQL speak the statements here (row-value comparisons,
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -85,8 +86,13 @@ def import_params(event: Event) -> tuple[Any, ...]:
 
 def attempt_params(event_id: str, a: Attempt) -> tuple[Any, ...]:
     """Values for ``event_id`` then :data:`ATTEMPT_COLUMNS`."""
-    error = storable_text(a.error)  # an imported one may predate storable errors
-    return (event_id, a.at_ms, a.target, a.status_code, a.duration_ms, a.outcome, error)
+    return (event_id, a.at_ms, a.target, a.status_code, a.duration_ms, a.outcome, a.error)
+
+
+def import_attempt_params(event_id: str, a: Attempt) -> tuple[Any, ...]:
+    """:func:`attempt_params` of an imported attempt: a store written before errors were
+    made storable may hold NUL in them (the worker's own errors already are)."""
+    return attempt_params(event_id, dataclasses.replace(a, error=storable_text(a.error)))
 
 
 def row_to_event(row: Sequence[Any], attempts: tuple[Attempt, ...] = ()) -> Event:
