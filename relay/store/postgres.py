@@ -133,19 +133,16 @@ _APPLY_OUTCOMES = (
 )
 #: Serialize with claims and other completions working on the same objects: blocking,
 #: in one order (by lock key), so two completions never deadlock, and a claim that
-#: parked an event of the object has committed before we unpark (params: the lock
-#: class, event ids).
-_LOCK_OBJECTS = (
+#: parked an event of the object has committed before we unpark. ``{ids}`` says which
+#: events; :data:`_LOCK_OBJECTS` takes their ids (params: the lock class, event ids).
+_LOCK_OBJECTS_OF = (
     "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(object_key) h"
-    " FROM events WHERE id = ANY(%s) AND object_key IS NOT NULL ORDER BY h) s"
+    " FROM events WHERE id {ids} AND object_key IS NOT NULL ORDER BY h) s"
 )
+_LOCK_OBJECTS = _LOCK_OBJECTS_OF.format(ids="= ANY(%s)")
 #: :data:`_LOCK_OBJECTS` for a completion's batch (params: the lock class, the batch,
 #: its length).
-_LOCK_BATCH_OBJECTS = (
-    "SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(object_key) h"
-    f" FROM events WHERE id IN (SELECT v.id FROM {_BATCH}) AND object_key IS NOT NULL"
-    " ORDER BY h) s"
-)
+_LOCK_BATCH_OBJECTS = _LOCK_OBJECTS_OF.format(ids=f"IN (SELECT v.id FROM {_BATCH})")
 #: :func:`relay.store.ordering.unpark_head` for the objects of several completed events,
 #: each at its attempt's time (params: the batch, its length). It runs after the
 #: outcomes in the same transaction and needs nothing from their answer. An event whose
